@@ -1,0 +1,257 @@
+"""Typed configuration: frozen dataclasses, YAML presets holding values only, dotted overrides.
+
+``load_config("quick", ["train.epochs=3", "train.loss.gamma=1.5"])`` reads the preset (a name of a
+shipped preset or a path to a YAML file), applies the overrides, and checks every key and type: an
+unknown key or a value of the wrong type is a ConfigError that names the key and what was expected.
+Every choice the paper leaves open is a field here; docs/method.md says why each default was chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from deeppneumonia.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "sample:nih"  # a data folder or CSV; "sample:nih" / "sample:kermany" = the shipped sample
+    source: str = "auto"  # auto | siim | folder | covid_cxr | nih | nih_binary | csv
+    size: int = 224  # working size (square), pixels
+    resize: Literal["squash", "letterbox"] = "squash"
+    cache_dir: str = "~/.cache/deeppneumonia"
+    strict: bool = False  # stop at the first bad file instead of skipping it
+    patient_regex: str | None = None
+    val_fraction: float = 0.15  # patient-grouped
+    test_fraction: float = 0.15  # patient-grouped; 0 = no test part
+    split_seed: int = 0
+    mean: float = 0.5  # input normalisation, stored with the weights
+    std: float = 0.25
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentations applied on the batch (image and mask with one random draw). No hue: images are grey."""
+
+    crop_scale: tuple[float, float] = (0.7, 1.0)  # random resized crop, area fraction
+    rotate_deg: float = 10.0
+    hflip: bool = False  # off by default: anatomy (heart on the left) is not mirror-symmetric
+    brightness: float = 0.2
+    contrast: float = 0.2
+    gamma: float = 0.2  # log-uniform in [1/(1+g), 1+g]
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+    noise_std: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 1.0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Stage I: SimCLR (Chen et al. 2020), paper Sec. IV-B, Eq. 1."""
+
+    optim: OptimConfig = OptimConfig(epochs=20, batch_size=128, lr=0.3, weight_decay=1e-5)
+    temperature: float = 0.2
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    augment: AugmentConfig = AugmentConfig(crop_scale=(0.35, 1.0), rotate_deg=15.0, brightness=0.4,
+                                           contrast=0.4, gamma=0.4, blur_prob=0.5, noise_std=0.03)
+    knn_k: int = 20  # kNN probe on the validation split after each epoch
+
+
+@dataclass(frozen=True)
+class MGACRConfig:
+    """Mask-guided attention with contrastive regulation, paper Sec. IV-C, Eqs. 2-6."""
+
+    attention: bool = True  # L_att+ and L_att- (Eqs. 2-4): the "mask-guided attention" row of Table I
+    feature: bool = True  # L_feat (Eq. 5): the "feature learning with CR" row of Table I
+    layers: tuple[int, ...] = (1, 2, 3, 4)  # residual layers that get an attention head
+    weight_attention: float = 1.0  # lambda of L_att_cr against the classification loss
+    weight_feature: float = 1.0  # lambda of L_feat_cr
+    no_box: Literal["zero_mask", "skip"] = "zero_mask"  # images without boxes: mask+ = 0, or left out
+    kernel_size: int = 7  # CBAM spatial attention kernel
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: Literal["ce", "cb_focal"] = "cb_focal"  # Eq. 9; "ce" = plain cross-entropy
+    beta: float = 0.999
+    gamma: float = 2.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stage II: supervised training with MGACR and the class-balanced focal loss."""
+
+    optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+    pretrained: bool = True  # start from the Stage I encoder of the same run (or `encoder`)
+    encoder: str | None = None  # explicit path to an encoder .safetensors
+    mgacr: MGACRConfig = MGACRConfig()
+    loss: LossConfig = LossConfig()
+    best_metric: str = "macro_f1"  # validation metric that picks the best checkpoint
+    keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: str = "runs/demo"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0  # torch CPU threads; 0 = leave the default
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError("; ".join(errors))
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(f'{prefix}{k}' for k in unknown)}; "
+                          f"valid keys under '{prefix or '<top>'}': {sorted(names)}")
+    base = base if base is not None else cls()
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        current = getattr(base, name)
+        if is_dataclass(hints[name]) and isinstance(value, dict):
+            kwargs[name] = _build(hints[name], value, key + ".", current)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    return replace(base, **kwargs)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("deeppneumonia.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_yaml(preset: str) -> dict[str, Any]:
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        text = path.read_text()
+    else:
+        res = resources.files("deeppneumonia.configs") / f"{preset}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"unknown preset {preset!r}; presets: {preset_names()} (or pass a YAML path)")
+        text = res.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{preset}: the YAML must be a mapping of sections")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    values: dict[str, Any] = _read_yaml(preset) if preset else {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return _build(Config, values)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config from its ``to_dict()`` form (e.g. read back from a checkpoint)."""
+    return _build(Config, values)
+
+
+__all__ = ["AugmentConfig", "Config", "ConfigError", "DataConfig", "LossConfig", "MGACRConfig",
+           "OptimConfig", "PretrainConfig", "RunConfig", "TrainConfig", "load_config"]

@@ -1,0 +1,662 @@
+"""Decode chest X-ray images (PNG, JPEG, DICOM) into one grey float32 channel in [0, 1].
+
+Every reader returns a :class:`DecodedImage` whose ``pixels`` are ``(H, W)`` float32 in ``[0, 1]`` with
+bright = dense (the DICOM MONOCHROME2 convention), and every failure raises
+:class:`~deeppneumonia.errors.ImageReadError` (or its subclass
+:class:`~deeppneumonia.errors.UnsupportedTransferSyntaxError`) with a message naming the file and
+saying what is wrong.
+
+* The format is found from the magic bytes, never from the extension.
+* Dimensions are checked against ``max_pixels`` / ``max_side`` from the header, before any pixel is
+  decoded (decompression-bomb guard).
+* Truncated PNG / JPEG files are always an error: the byte stream is checked for completeness
+  (PNG chunks up to ``IEND``, JPEG end-of-image marker after the last scan) so the result never depends
+  on :data:`PIL.ImageFile.LOAD_TRUNCATED_IMAGES`.
+* PNG / JPEG: 8-bit data is divided by 255, 16-bit data by 65535 (no contrast stretch); colour becomes
+  luminance. Pillow reduces 16-bit colour PNGs to 8 bits per sample, so their precision is 8 bits.
+* DICOM (needs ``pydicom``): frame 0, modality LUT (RescaleSlope/Intercept or Modality LUT), then the
+  VOI LUT or window (WindowCenter/WindowWidth) mapped onto [0, 1], or a min-max scale when the file has
+  neither; MONOCHROME1 is inverted. Colour DICOM becomes luminance divided by ``2**BitsStored - 1``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from deeppneumonia.errors import ImageReadError, UnsupportedTransferSyntaxError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = [
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "DecodedImage",
+    "ImageInfo",
+    "detect_format",
+    "probe_image",
+    "read_image",
+    "read_image_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_PIXELS: int = 80_000_000
+"""Default decompression-bomb guard: largest accepted ``width * height``."""
+
+MAX_SIDE: int = 20_000
+"""Default guard on the longest accepted side, in pixels."""
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_DICOM_MAGIC = b"DICM"
+_DICOM_MAGIC_OFFSET = 128
+_HEAD_BYTES = _DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC)
+
+# ITU-R BT.601 luma weights, as used by PIL's convert("L").
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+_JPEG_HINT = "pylibjpeg and pylibjpeg-libjpeg, or python-gdcm"
+_J2K_HINT = "pylibjpeg and pylibjpeg-openjpeg, or python-gdcm"
+_DECODER_HINTS: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": _JPEG_HINT,  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": _JPEG_HINT,  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57": _JPEG_HINT,  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70": _JPEG_HINT,  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": _JPEG_HINT,  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": _JPEG_HINT,  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": _J2K_HINT,  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": _J2K_HINT,  # JPEG 2000
+    "1.2.840.10008.1.2.4.92": _J2K_HINT,  # JPEG 2000 Part 2 Lossless
+    "1.2.840.10008.1.2.4.93": _J2K_HINT,  # JPEG 2000 Part 2
+    "1.2.840.10008.1.2.4.201": "pylibjpeg and pylibjpeg-openjpeg",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg and pylibjpeg-openjpeg",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg and pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg and pylibjpeg-rle (or a pydicom with its built-in RLE decoder)",
+}
+_GENERIC_HINT = (
+    "a decoder plugin for it (pylibjpeg with pylibjpeg-libjpeg / pylibjpeg-openjpeg, or python-gdcm); "
+    "if none supports this syntax, convert the file to an uncompressed transfer syntax first "
+    "(e.g. `gdcmconv --raw in.dcm out.dcm`)"
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the file header says about an image."""
+
+    format: str
+    """``"JPEG"``, ``"PNG"``, ``"DICOM"``, or another PIL format name (e.g. ``"MPO"``)."""
+    width: int
+    height: int
+    channels: int
+    """Channels stored in the file (1 grey, 2 grey+alpha, 3 colour or palette, 4 with alpha)."""
+    bit_depth: int
+    """Bits per sample: 8 or 16 for PNG/JPEG, BitsStored for DICOM."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Decoded pixels plus the header information of the file they came from."""
+
+    pixels: np.ndarray
+    """``(H, W)`` float32 in ``[0, 1]``, one grey channel, bright = dense (MONOCHROME2)."""
+    info: ImageInfo
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+
+def detect_format(path: Path | str) -> str:
+    """Return ``"JPEG"``, ``"PNG"`` or ``"DICOM"`` from the file's magic bytes (not its extension).
+
+    A DICOM file is recognised by ``DICM`` at offset 128; a preamble-less DICOM file is accepted only
+    when its extension is ``.dcm`` and pydicom can force-read an image header from it.
+
+    Raises:
+        ImageReadError: the file is missing, empty, unreadable or not an image.
+    """
+    path = Path(path)
+    _check_regular_file(path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read file: {exc}") from exc
+    if not head:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    fmt = _format_from_head(head)
+    if fmt is not None:
+        return fmt
+    if path.suffix.lower() == ".dcm" and _looks_like_headless_dicom(path):
+        return "DICOM"
+    raise ImageReadError(_not_an_image_message(str(path), head))
+
+
+def probe_image(path: Path | str) -> ImageInfo:
+    """Read only the header of an image file and return its :class:`ImageInfo`.
+
+    The dimensions are checked against the module guards :data:`MAX_PIXELS` and :data:`MAX_SIDE`.
+
+    Raises:
+        ImageReadError: the file is missing, empty, not an image, has a corrupt header or is too large.
+    """
+    path = Path(path)
+    name = str(path)
+    fmt = detect_format(path)
+    if fmt == "DICOM":
+        pydicom = _import_pydicom(name)
+        try:
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            info = _dicom_info(ds, name)
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            raise ImageReadError(f"{name}: corrupt DICOM header: {exc}") from exc
+    else:
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(64)
+                fh.seek(0)
+                with _pil_guard(name, fmt):
+                    img = Image.open(fh, formats=_pil_formats(fmt))
+                    with img:
+                        info = _pil_info(img, fmt, head)
+        except ImageReadError:
+            raise
+        except OSError as exc:
+            raise ImageReadError(f"{name}: cannot read file: {exc}") from exc
+    _check_dims(info, name, MAX_PIXELS, MAX_SIDE)
+    return info
+
+
+def read_image(
+    path: Path | str, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE
+) -> DecodedImage:
+    """Decode a PNG, JPEG or DICOM file into one grey float32 channel in ``[0, 1]``.
+
+    Args:
+        path: the image file.
+        max_pixels: largest accepted ``width * height`` (checked from the header, before decoding).
+        max_side: largest accepted width or height.
+
+    Raises:
+        ImageReadError: missing, empty, truncated, corrupt, not an image, too large, or a DICOM file
+            without pixel data.
+        UnsupportedTransferSyntaxError: a compressed DICOM whose decoder plugin is not installed.
+    """
+    path = Path(path)
+    name = str(path)
+    fmt = detect_format(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"{name}: cannot read file: {exc}") from exc
+    return _decode(data, fmt, name, max_pixels, max_side)
+
+
+def read_image_bytes(
+    data: bytes, *, name: str = "<upload>", max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE
+) -> DecodedImage:
+    """Decode an in-memory PNG, JPEG or DICOM file (e.g. an upload); nothing is written to disk.
+
+    ``name`` is used in error messages and, when it ends in ``.dcm``, allows preamble-less DICOM
+    data. Gives the same pixels as :func:`read_image` on a file with the same bytes.
+
+    Raises:
+        ImageReadError / UnsupportedTransferSyntaxError: as :func:`read_image`.
+    """
+    data = bytes(data)
+    if not data:
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
+    fmt = _format_from_head(data[:_HEAD_BYTES])
+    if fmt is None:
+        if name.lower().endswith(".dcm") and _looks_like_headless_dicom(data):
+            fmt = "DICOM"
+        else:
+            raise ImageReadError(_not_an_image_message(name, data[:_HEAD_BYTES]))
+    return _decode(data, fmt, name, max_pixels, max_side)
+
+
+# --------------------------------------------------------------------------------------------------
+# Format detection and guards
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_regular_file(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot access file: {exc}") from exc
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a regular file")
+    if st.st_size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+
+
+def _format_from_head(head: bytes) -> str | None:
+    if head.startswith(_JPEG_MAGIC):
+        return "JPEG"
+    if head.startswith(_PNG_MAGIC):
+        return "PNG"
+    if head[_DICOM_MAGIC_OFFSET:_HEAD_BYTES] == _DICOM_MAGIC:
+        return "DICOM"
+    return None
+
+
+def _not_an_image_message(name: str, head: bytes) -> str:
+    sig = head[:8].hex(" ") if head else "(empty)"
+    return (
+        f"{name}: not an image: unrecognised file signature {sig} "
+        "(expected JPEG, PNG or DICOM; the format is detected from the content, not the extension)"
+    )
+
+
+def _looks_like_headless_dicom(source: Path | bytes) -> bool:
+    """Whether pydicom can force-read an image header from a DICOM stream without preamble."""
+    try:
+        import pydicom
+    except ImportError:
+        return False
+    try:
+        fp: Any = source if isinstance(source, Path) else io.BytesIO(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+        return "Rows" in ds and "Columns" in ds
+    except Exception:
+        return False
+
+
+def _check_dims(info: ImageInfo, name: str, max_pixels: int, max_side: int) -> None:
+    w, h = info.width, info.height
+    if w <= 0 or h <= 0:
+        raise ImageReadError(f"{name}: invalid image dimensions {w}x{h}")
+    if max(w, h) > max_side:
+        raise ImageReadError(
+            f"{name}: image is {w}x{h}, a side is longer than the limit of {max_side} pixels "
+            "(max_side); refusing to decode it"
+        )
+    if w * h > max_pixels:
+        raise ImageReadError(
+            f"{name}: image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} pixels "
+            "(max_pixels, decompression-bomb guard); refusing to decode it"
+        )
+
+
+def _decode(data: bytes, fmt: str, name: str, max_pixels: int, max_side: int) -> DecodedImage:
+    if fmt == "DICOM":
+        return _decode_dicom(data, name, max_pixels, max_side)
+    return _decode_pil(data, fmt, name, max_pixels, max_side)
+
+
+# --------------------------------------------------------------------------------------------------
+# PNG / JPEG through Pillow
+# --------------------------------------------------------------------------------------------------
+
+
+def _pil_formats(fmt: str) -> tuple[str, ...]:
+    return ("JPEG", "MPO") if fmt == "JPEG" else (fmt,)
+
+
+@contextmanager
+def _pil_guard(name: str, fmt: str) -> Iterator[None]:
+    """Turn Pillow's decompression-bomb warning/error and decoder failures into ImageReadError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{name}: image too large (Pillow decompression-bomb guard): {exc}") from exc
+    except Exception as exc:
+        what = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageReadError(f"{name}: {what} {fmt} file: {type(exc).__name__}: {exc}") from exc
+
+
+def _png_header(head: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from the PNG IHDR chunk, or None when the header is short."""
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _pil_info(img: Image.Image, fmt: str, head: bytes) -> ImageInfo:
+    mode = img.mode
+    if mode in ("P", "PA"):
+        channels = 4 if mode == "PA" or "transparency" in img.info else 3
+    else:
+        channels = len(img.getbands())
+    bit_depth = 16 if mode in _SIXTEEN_BIT_MODES else 8
+    if fmt == "PNG":
+        ihdr = _png_header(head)
+        if ihdr is not None and ihdr[0] == 16:
+            bit_depth = 16  # Pillow keeps only 8 bits of 16-bit colour PNGs, the file still has 16
+    width, height = img.size
+    return ImageInfo(
+        format=img.format or fmt, width=width, height=height, channels=channels, bit_depth=bit_depth
+    )
+
+
+def _check_png_complete(data: bytes, name: str) -> None:
+    """Walk the PNG chunks: each must be complete, and the stream must reach IEND."""
+    pos = len(_PNG_MAGIC)
+    n = len(data)
+    while pos + 8 <= n:
+        (length,) = struct.unpack_from(">I", data, pos)
+        ctype = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > n:
+            raise ImageReadError(
+                f"{name}: truncated PNG file: chunk {ctype!r} at byte {pos} needs {end} bytes, "
+                f"the file has {n}"
+            )
+        if ctype == b"IEND":
+            return
+        pos = end
+    raise ImageReadError(f"{name}: truncated PNG file: the data ends before the IEND chunk")
+
+
+def _check_jpeg_complete(data: bytes, name: str) -> None:
+    """The last scan (SOS marker) must be followed by an end-of-image (EOI) marker."""
+    last_sos = data.rfind(b"\xff\xda")
+    if last_sos < 0:
+        raise ImageReadError(f"{name}: truncated or corrupt JPEG file: no image scan (SOS marker)")
+    if data.rfind(b"\xff\xd9") < last_sos:
+        raise ImageReadError(
+            f"{name}: truncated JPEG file: no end-of-image marker after the last scan "
+            f"({len(data)} bytes)"
+        )
+
+
+def _decode_pil(data: bytes, fmt: str, name: str, max_pixels: int, max_side: int) -> DecodedImage:
+    with _pil_guard(name, fmt):
+        img = Image.open(io.BytesIO(data), formats=_pil_formats(fmt))
+        with img:
+            info = _pil_info(img, fmt, data[:64])
+            _check_dims(info, name, max_pixels, max_side)
+            # Checked here, not left to Pillow: ImageFile.LOAD_TRUNCATED_IMAGES may be set globally.
+            if fmt == "PNG":
+                _check_png_complete(data, name)
+            else:
+                _check_jpeg_complete(data, name)
+            img.load()
+            pixels = _pil_to_grey(img, name)
+    return DecodedImage(pixels=pixels, info=info)
+
+
+def _pil_to_grey(img: Image.Image, name: str) -> np.ndarray:
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img)
+        out = arr.astype(np.float32)
+        out /= np.float32(65535.0)
+        if mode == "I":  # 32-bit container: guard against values outside the 16-bit range
+            np.clip(out, 0.0, 1.0, out=out)
+        return out
+    if mode in ("F", "I;32", "I;32B", "I;32L"):
+        raise ImageReadError(f"{name}: unsupported pixel mode {mode!r}")
+    if mode != "L":
+        if mode in ("P", "PA"):
+            img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+        arr = np.asarray(img)
+        if arr.ndim == 3 and arr.dtype == np.uint16:
+            # 16-bit colour (not produced by current Pillow, handled for completeness).
+            grey = arr[..., :3].astype(np.float32) @ _LUMA
+            grey /= np.float32(65535.0)
+            return grey
+        img = img.convert("L")
+    out = np.asarray(img).astype(np.float32)
+    out /= np.float32(255.0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# DICOM through pydicom
+# --------------------------------------------------------------------------------------------------
+
+
+def _import_pydicom(name: str) -> Any:
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise ImageReadError(
+            f"{name}: reading DICOM files needs pydicom: pip install 'deeppneumonia[dicom]'"
+        ) from exc
+    return pydicom
+
+
+def _dicom_info(ds: Dataset, name: str) -> ImageInfo:
+    rows = ds.get("Rows")
+    cols = ds.get("Columns")
+    if rows is None or cols is None:
+        raise ImageReadError(f"{name}: DICOM file has no Rows/Columns: it does not hold an image")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = ds.get("BitsStored") or ds.get("BitsAllocated") or 8
+    return ImageInfo(format="DICOM", width=int(cols), height=int(rows), channels=samples, bit_depth=int(bits))
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> Any:
+    """Return the transfer syntax UID, filling it in from the encoding for meta-less files."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is not None:
+        return UID(str(ts))
+    encoding = getattr(ds, "original_encoding", None)
+    if encoding is None:  # pydicom < 3
+        encoding = (getattr(ds, "is_implicit_VR", True), getattr(ds, "is_little_endian", True))
+    implicit, little = encoding
+    if implicit or implicit is None:
+        ts = ImplicitVRLittleEndian
+    elif little or little is None:
+        ts = ExplicitVRLittleEndian
+    else:
+        ts = ExplicitVRBigEndian
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    meta.TransferSyntaxUID = ts
+    return ts
+
+
+def _ts_label(ts: Any) -> str:
+    try:
+        label = str(ts.name)
+    except Exception:
+        label = ""
+    return f"{ts} ({label})" if label and label != str(ts) else f"{ts} (unknown transfer syntax)"
+
+
+def _unsupported(name: str, ts: Any, detail: str) -> UnsupportedTransferSyntaxError:
+    hint = _DECODER_HINTS.get(str(ts), _GENERIC_HINT)
+    return UnsupportedTransferSyntaxError(
+        f"{name}: DICOM pixel data uses transfer syntax {_ts_label(ts)}, which cannot be decoded: "
+        f"{detail}. Install {hint} (e.g. pip install 'deeppneumonia[dicom]')"
+    )
+
+
+def _check_decoder(ts: Any, name: str) -> bool:
+    """Raise when pydicom >= 3 has no usable decoder for ``ts``; False when the check is not possible."""
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom < 3: decoding errors are mapped afterwards
+        return False
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise _unsupported(name, ts, "pydicom has no decoder for this syntax") from exc
+    if not decoder.is_available:
+        missing = "; ".join(str(m) for m in decoder.missing_dependencies) or "no plugin available"
+        raise _unsupported(name, ts, f"no decoder plugin is installed ({missing})")
+    return True
+
+
+def _dicom_lut_functions() -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
+            apply_modality_lut,
+            apply_voi_lut,
+        )
+    return apply_modality_lut, apply_voi_lut
+
+
+def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int) -> DecodedImage:
+    pydicom = _import_pydicom(name)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise ImageReadError(f"{name}: corrupt DICOM file: {exc}") from exc
+    try:
+        if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise ImageReadError(
+                f"{name}: DICOM file has no pixel data (no PixelData element; "
+                f"SOP class {ds.get('SOPClassUID', 'unknown')}): it does not hold an image"
+            )
+        info = _dicom_info(ds, name)
+        _check_dims(info, name, max_pixels, max_side)
+        frame = _dicom_frame0(ds, name)
+        pixels = _dicom_to_grey(frame, ds, name)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"{name}: cannot read DICOM image: {exc}") from exc
+    return DecodedImage(pixels=pixels, info=info)
+
+
+def _dicom_frame0(ds: Dataset, name: str) -> np.ndarray:
+    ts = _ensure_transfer_syntax(ds)
+    checked = _check_decoder(ts, name)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames > 1:
+        logger.warning("%s: multi-frame DICOM (%d frames): using frame 0 only", name, n_frames)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on odd but decodable headers
+            if hasattr(ds, "pixel_array_options"):  # pydicom >= 3: decode frame 0 only
+                ds.pixel_array_options(index=0)
+                arr = ds.pixel_array
+            else:
+                arr = ds.pixel_array
+                if n_frames > 1:
+                    arr = arr[0]
+    except NotImplementedError as exc:
+        if not checked:
+            raise _unsupported(name, ts, str(exc)) from exc
+        raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_ts_label(ts)}): {exc}") from exc
+    except RuntimeError as exc:
+        if not checked and "missing" in str(exc).lower():
+            raise _unsupported(name, ts, str(exc)) from exc
+        raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_ts_label(ts)}): {exc}") from exc
+    except Exception as exc:
+        raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_ts_label(ts)}): {exc}") from exc
+    arr = np.asarray(arr)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    expected_ndim = 3 if samples > 1 else 2
+    if arr.ndim == expected_ndim + 1:  # a decoder returned all frames anyway
+        arr = arr[0]
+    if arr.ndim != expected_ndim:
+        raise ImageReadError(
+            f"{name}: unexpected DICOM pixel array shape {arr.shape} for SamplesPerPixel={samples}"
+        )
+    return arr
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    out = arr.astype(np.float32)
+    lo = float(out.min())
+    hi = float(out.max())
+    if hi > lo:
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)
+    else:
+        out.fill(0.0)
+    return out
+
+
+def _has_voi_lut_sequence(ds: Dataset) -> bool:
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return False
+    item = seq[0]
+    return item.get("LUTDescriptor") is not None and item.get("LUTData") is not None
+
+
+def _dicom_to_grey(arr: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if arr.ndim == 3 or photometric == "PALETTE COLOR":
+        return _dicom_colour_to_grey(arr, ds, photometric)
+
+    apply_modality_lut, apply_voi_lut = _dicom_lut_functions()
+    values = apply_modality_lut(arr, ds)
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    out: np.ndarray | None = None
+    if _has_voi_lut_sequence(ds):
+        try:
+            out = _minmax(apply_voi_lut(values, ds, index=0))
+        except Exception as exc:
+            logger.warning("%s: cannot apply the VOI LUT (%s); using a min-max scale instead", name, exc)
+    elif has_window:
+        try:
+            out = _apply_window(values, ds, apply_voi_lut)
+        except Exception as exc:
+            logger.warning("%s: cannot apply the window (%s); using a min-max scale instead", name, exc)
+    if out is None:
+        out = _minmax(values)
+    if photometric == "MONOCHROME1":
+        np.subtract(np.float32(1.0), out, out=out)
+    return out
+
+
+def _apply_window(values: np.ndarray, ds: Dataset, apply_voi_lut: Callable[..., np.ndarray]) -> np.ndarray:
+    """Apply WindowCenter/Width through pydicom and map the window's output range onto [0, 1]."""
+    windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+    # The output range pydicom maps the window onto: the values far below / above the window.
+    with np.errstate(over="ignore", invalid="ignore"):
+        probe = np.asarray(apply_voi_lut(np.array([-1e15, 1e15]), ds, index=0), dtype=np.float64)
+    y_lo, y_hi = float(probe[0]), float(probe[1])
+    if not np.isfinite([y_lo, y_hi]).all() or y_hi == y_lo:
+        return _minmax(windowed)
+    if windowed is values:
+        windowed = windowed.copy()
+    windowed -= y_lo
+    windowed /= y_hi - y_lo
+    np.clip(windowed, 0.0, 1.0, out=windowed)
+    return windowed.astype(np.float32)
+
+
+def _dicom_colour_to_grey(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        try:
+            from pydicom.pixels import apply_color_lut
+        except ImportError:  # pydicom < 3
+            from pydicom.pixel_data_handlers.util import apply_color_lut  # type: ignore[no-redef]
+        rgb = apply_color_lut(arr, ds)
+        return _minmax(rgb[..., :3].astype(np.float32) @ _LUMA)
+    grey = arr[..., :3].astype(np.float32) @ _LUMA
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    grey /= np.float32(2**bits - 1)
+    np.clip(grey, 0.0, 1.0, out=grey)
+    return grey

@@ -1,0 +1,55 @@
+"""Dataset sources: each reads one on-disk layout into a :class:`~deeppneumonia.data.manifest.Manifest`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from deeppneumonia.data.manifest import Manifest, ProblemLog
+from deeppneumonia.data.sources.covid_cxr import is_covid_cxr, load_covid_cxr
+from deeppneumonia.data.sources.folder import is_folder_layout, load_folder
+from deeppneumonia.data.sources.generic_csv import load_generic_csv
+from deeppneumonia.data.sources.nih import is_nih, load_nih
+from deeppneumonia.data.sources.siim import is_siim, load_siim
+from deeppneumonia.errors import DataError
+
+SourceKind = Literal["auto", "siim", "folder", "covid_cxr", "nih", "nih_binary", "csv"]
+SOURCE_KINDS: tuple[str, ...] = ("auto", "siim", "folder", "covid_cxr", "nih", "nih_binary", "csv")
+
+
+def detect_source(path: Path) -> str:
+    """Which layout a path holds; raises DataError saying what was looked for when none matches."""
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return "csv"
+    if not path.is_dir():
+        raise DataError(f"{path}: not found (expected a data folder or a CSV file)")
+    for kind, test in (("siim", is_siim), ("nih", is_nih), ("covid_cxr", is_covid_cxr),
+                       ("folder", is_folder_layout)):
+        if test(path):
+            return kind
+    raise DataError(
+        f"{path}: layout not recognised. Expected one of: SIIM (train_study_level.csv + "
+        "train_image_level.csv), NIH (labels.csv with 'Finding Labels'), covid-chestxray (metadata.csv), "
+        "class-per-folder (CLASS/*.jpg), or a generic CSV file (see docs/data.md)."
+    )
+
+
+def load_source(path: str | Path, kind: str = "auto", *, strict: bool = False,
+                classes: Sequence[str] | None = None, patient_regex: str | None = None) -> Manifest:
+    """Read a data set into a manifest. Problems are collected in ``manifest.problems`` (or raise if strict)."""
+    path = Path(path).expanduser()
+    if kind not in SOURCE_KINDS:
+        raise DataError(f"unknown source kind {kind!r}; choose one of {SOURCE_KINDS}")
+    if kind == "auto":
+        kind = detect_source(path)
+    plog = ProblemLog(strict)
+    if kind == "siim":
+        return load_siim(path, plog)
+    if kind == "folder":
+        return load_folder(path, plog, patient_regex)
+    if kind == "covid_cxr":
+        return load_covid_cxr(path, plog)
+    if kind in ("nih", "nih_binary"):
+        return load_nih(path, plog, "multilabel" if kind == "nih" else "binary")
+    return load_generic_csv(path, plog, classes)

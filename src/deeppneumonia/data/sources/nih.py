@@ -1,0 +1,80 @@
+"""NIH ChestX-ray14 layout (Wang et al., CVPR 2017): ``labels.csv`` in Data_Entry_2017 form + ``boxes.csv``.
+
+``labels.csv``: ``Image Index``, ``Finding Labels`` (findings separated by ``|``, or ``No Finding``),
+``Patient ID``, ``View Position`` (the original header splits ``OriginalImage[Width,Height]`` in two).
+``boxes.csv``: ``Image Index, Finding Label, x, y, w, h`` in the stored images' pixels. Box labels may
+name findings outside the 14 (ChestX-Det adds e.g. Fracture): such boxes are kept as lesion boxes.
+
+``mode="multilabel"`` (default) gives the 14 findings as a 0/1 vector; ``mode="binary"`` gives the
+two classes ``No Finding`` / ``Finding`` (any finding), a multi-class task usable by every method.
+NIH states no restriction on use; cite Wang et al. 2017.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Literal
+
+from deeppneumonia.data.manifest import Box, Manifest, ProblemLog, Record, one_hot, validate_box
+from deeppneumonia.data.sources._common import probe, read_csv, safe_child
+
+FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+            "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
+NO_FINDING = "No Finding"
+
+
+def is_nih(root: Path) -> bool:
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        return False
+    with labels.open(encoding="utf-8-sig") as fh:
+        return "Finding Labels" in fh.readline()
+
+
+def load_nih(root: Path, plog: ProblemLog, mode: Literal["multilabel", "binary"] = "multilabel",
+             image_dir: str = "images") -> Manifest:
+    labels_csv, boxes_csv = root / "labels.csv", root / "boxes.csv"
+    boxes: dict[str, list[tuple[int, Box]]] = defaultdict(list)
+    if boxes_csv.is_file():
+        for row_no, row in read_csv(boxes_csv, ["Image Index", "Finding Label", "x", "y", "w", "h"]):
+            try:
+                b = Box(float(row["x"]), float(row["y"]), float(row["w"]), float(row["h"]), row["Finding Label"])
+            except ValueError:
+                plog.add("bad_box", f"box values {[row[k] for k in 'xywh']} are not numbers", boxes_csv, row_no,
+                         "warning")
+                continue
+            boxes[row["Image Index"]].append((row_no, b))
+    classes = FINDINGS if mode == "multilabel" else (NO_FINDING, "Finding")
+    records = []
+    for row_no, row in read_csv(labels_csv, ["Image Index", "Finding Labels", "Patient ID"]):
+        image_id = row["Image Index"]
+        names = [n.strip() for n in row["Finding Labels"].split("|") if n.strip()]
+        unknown = [n for n in names if n not in FINDINGS and n != NO_FINDING]
+        if not names or unknown or (NO_FINDING in names and len(names) > 1):
+            plog.add("unknown_label", f"finding labels {row['Finding Labels']!r} (unknown: {unknown}); "
+                     f"expected findings among {FINDINGS} or {NO_FINDING!r}", labels_csv, row_no)
+            continue
+        if mode == "multilabel":
+            target = tuple(1.0 if f in names else 0.0 for f in FINDINGS)
+        else:
+            target = one_hot(0 if names == [NO_FINDING] else 1, 2)
+        path = safe_child(root / image_dir, image_id, plog, labels_csv, row_no)
+        if path is None:
+            continue
+        info = probe(path, plog, labels_csv, row_no)
+        if info is None:
+            continue
+        kept = []
+        for b_row, b in boxes.pop(image_id, []):
+            box = validate_box(b, info.width, info.height, plog, boxes_csv, b_row)
+            if box is not None:
+                kept.append(box)
+        patient = row["Patient ID"] or image_id
+        records.append(Record(image_id, path, patient, image_id, target, tuple(kept), info.width, info.height,
+                              str(labels_csv), row_no))
+    for image_id, rows in boxes.items():
+        plog.add("orphan_box", f"box for {image_id}, which has no usable row in {labels_csv.name}; dropped",
+                 boxes_csv, rows[0][0], "warning")
+    return Manifest(root.name, root, classes, "multilabel" if mode == "multilabel" else "multiclass",
+                    records, plog.problems)
