@@ -45,7 +45,7 @@ def random_affine(n: int, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
 
 def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     """Per-sample separable Gaussian blur; x (N, 1, H, W), sigma (N,)."""
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    radius = max(1, math.ceil(3 * float(sigma.max())))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x)) ** 2)
     k = k / k.sum(1, keepdim=True)  # (N, K)

@@ -50,6 +50,59 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from deeppneumonia.config import load_config
+
+    overrides = list(args.overrides)
+    if args.quiet:
+        overrides.append("run.progress=false")
+    return load_config(args.config, overrides)
+
+
+def _print_json(title: str, data: object) -> None:
+    print(f"{title}\n{json.dumps(data, indent=1, default=str)}")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from deeppneumonia.pipeline import run_pretrain
+
+    cfg = _config(args)
+    result = run_pretrain(cfg)
+    print(f"Stage I done: best {result.best:.4f} at epoch {result.best_epoch}; encoder in "
+          f"{Path(cfg.run.out_dir) / 'pretrain' / 'encoder.safetensors'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from deeppneumonia.pipeline import run_train
+
+    cfg = _config(args)
+    _print_json("test metrics (held-out patients):", run_train(cfg))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Both stages (Stage I skipped when train.pretrained is false), then test metrics."""
+    from deeppneumonia.data.summary import format_summary, summarize
+    from deeppneumonia.pipeline import prepare_data, run_pretrain, run_train
+
+    cfg = _config(args)
+    data = prepare_data(cfg, cfg.run.progress)
+    print(format_summary(summarize(data.manifest, decode=False, progress=False), max_problems=10))
+    print(f"\nsplit by patient: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} images\n")
+    if cfg.train.pretrained and not cfg.train.encoder:
+        result = run_pretrain(cfg, data)
+        print(f"Stage I (SimCLR): best {result.best:.4f} at epoch {result.best_epoch}, {result.seconds / 60:.1f} min")
+    _print_json("Stage II done. Test metrics (held-out patients):", run_train(cfg, data))
+    print(f"\nrun folder: {cfg.run.out_dir}")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
+    p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deeppneumonia import __version__
 
@@ -75,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.set_defaults(func=_cmd_data_prepare)
+
+    p = sub.add_parser("pretrain", help="Stage I: SimCLR pre-training of the encoder on the training images")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_pretrain)
+    p = sub.add_parser("train", help="Stage II: supervised training (MGACR + class-balanced focal loss)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("run", help="the whole job: inspect, cache, Stage I, Stage II, test metrics")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

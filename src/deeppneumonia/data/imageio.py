@@ -17,6 +17,9 @@ saying what is wrong.
 * DICOM (needs ``pydicom``): frame 0, modality LUT (RescaleSlope/Intercept or Modality LUT), then the
   VOI LUT or window (WindowCenter/WindowWidth) mapped onto [0, 1], or a min-max scale when the file has
   neither; MONOCHROME1 is inverted. Colour DICOM becomes luminance divided by ``2**BitsStored - 1``.
+
+Pillow's ``DecompressionBombWarning`` is made an error inside :func:`warnings.catch_warnings`, whose filter
+state is process-wide before Python 3.14 (harmless here: only that warning category is touched).
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ _HEAD_BYTES = _DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+# 8-bit modes that PIL's convert("L") handles directly.
+_EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
+)
 
 _JPEG_HINT = "pylibjpeg and pylibjpeg-libjpeg, or python-gdcm"
 _J2K_HINT = "pylibjpeg and pylibjpeg-openjpeg, or python-gdcm"
@@ -185,9 +192,7 @@ def probe_image(path: Path | str) -> ImageInfo:
     return info
 
 
-def read_image(
-    path: Path | str, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE
-) -> DecodedImage:
+def read_image(path: Path | str, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> DecodedImage:
     """Decode a PNG, JPEG or DICOM file into one grey float32 channel in ``[0, 1]``.
 
     Args:
@@ -323,7 +328,7 @@ def _pil_guard(name: str, fmt: str) -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
-    except ImageReadError:
+    except (ImageReadError, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(f"{name}: image too large (Pillow decompression-bomb guard): {exc}") from exc
@@ -341,10 +346,7 @@ def _png_header(head: bytes) -> tuple[int, int] | None:
 
 def _pil_info(img: Image.Image, fmt: str, head: bytes) -> ImageInfo:
     mode = img.mode
-    if mode in ("P", "PA"):
-        channels = 4 if mode == "PA" or "transparency" in img.info else 3
-    else:
-        channels = len(img.getbands())
+    channels = (4 if mode == "PA" or "transparency" in img.info else 3) if mode in ("P", "PA") else len(img.getbands())
     bit_depth = 16 if mode in _SIXTEEN_BIT_MODES else 8
     if fmt == "PNG":
         ihdr = _png_header(head)
@@ -382,8 +384,7 @@ def _check_jpeg_complete(data: bytes, name: str) -> None:
         raise ImageReadError(f"{name}: truncated or corrupt JPEG file: no image scan (SOS marker)")
     if data.rfind(b"\xff\xd9") < last_sos:
         raise ImageReadError(
-            f"{name}: truncated JPEG file: no end-of-image marker after the last scan "
-            f"({len(data)} bytes)"
+            f"{name}: truncated JPEG file: no end-of-image marker after the last scan ({len(data)} bytes)"
         )
 
 
@@ -412,17 +413,18 @@ def _pil_to_grey(img: Image.Image, name: str) -> np.ndarray:
         if mode == "I":  # 32-bit container: guard against values outside the 16-bit range
             np.clip(out, 0.0, 1.0, out=out)
         return out
-    if mode in ("F", "I;32", "I;32B", "I;32L"):
-        raise ImageReadError(f"{name}: unsupported pixel mode {mode!r}")
-    if mode != "L":
-        if mode in ("P", "PA"):
-            img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    elif mode not in _EIGHT_BIT_MODES:
         arr = np.asarray(img)
         if arr.ndim == 3 and arr.dtype == np.uint16:
             # 16-bit colour (not produced by current Pillow, handled for completeness).
             grey = arr[..., :3].astype(np.float32) @ _LUMA
             grey /= np.float32(65535.0)
             return grey
+        if arr.dtype != np.uint8:
+            raise ImageReadError(f"{name}: unsupported pixel mode {mode!r}")
+    if img.mode != "L":
         img = img.convert("L")
     out = np.asarray(img).astype(np.float32)
     out /= np.float32(255.0)
@@ -539,7 +541,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int) -> Dec
         _check_dims(info, name, max_pixels, max_side)
         frame = _dicom_frame0(ds, name)
         pixels = _dicom_to_grey(frame, ds, name)
-    except ImageReadError:
+    except (ImageReadError, MemoryError):
         raise
     except Exception as exc:
         raise ImageReadError(f"{name}: cannot read DICOM image: {exc}") from exc

@@ -1,0 +1,93 @@
+"""Batches from the preprocessing cache: uint8 images, padded boxes and targets, read ahead in a thread.
+
+Images are gathered from the memory-mapped cache with one fancy-index per batch (the OS page cache keeps
+a data set that fits in memory resident; one that does not is read as needed). Conversion to float,
+masks, augmentation and normalisation happen on the training device (``training/inputs.py``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from deeppneumonia.data.cache import Cache
+from deeppneumonia.data.masks import pad_boxes
+
+
+@dataclass
+class Batch:
+    images: Tensor  # (B, 1, S, S) uint8
+    boxes: Tensor  # (B, K, 4) x, y, w, h in cache pixels; zero-size padding
+    has_box: Tensor  # (B,) bool
+    target: Tensor  # (B, C) float, NaN = unknown
+    index: Tensor  # (B,) record indices into the manifest
+
+
+class CachedSplit:
+    """The records ``indices`` of a cache (invalid, undecodable images are dropped here)."""
+
+    def __init__(self, cache: Cache, indices: np.ndarray) -> None:
+        keep = cache.valid[indices]
+        self.cache = cache
+        self.indices = np.asarray(indices)[keep]
+        self.targets = torch.from_numpy(cache.manifest.targets()[self.indices])
+        self.boxes = pad_boxes([cache.boxes(int(i)) for i in self.indices])
+        self.has_box = torch.tensor([bool(cache.manifest.records[int(i)].boxes) for i in self.indices])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def class_counts(self) -> list[int]:
+        return [int(v) for v in torch.nansum(self.targets == 1, dim=0).tolist()]
+
+    def batch(self, pos: np.ndarray) -> Batch:
+        order = np.argsort(self.indices[pos])  # read the memmap in increasing offset order
+        pos = pos[order]
+        images = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices[pos]]))[:, None]
+        p = torch.from_numpy(pos)
+        return Batch(images, self.boxes[p], self.has_box[p], self.targets[p], torch.from_numpy(self.indices[pos]))
+
+    def iterate(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                prefetch: int = 2) -> Iterator[Batch]:
+        """Batches in a seeded order; the next ``prefetch`` batches are read by a background thread."""
+        n = len(self)
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        chunks = [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+        if prefetch <= 0:
+            yield from (self.batch(c) for c in chunks)
+            return
+        q: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=prefetch)
+        stop_event = threading.Event()
+
+        def work() -> None:
+            try:
+                for c in chunks:
+                    if stop_event.is_set():
+                        return
+                    q.put(self.batch(c))
+            except BaseException as exc:  # re-raised in the consumer
+                q.put(exc)
+                return
+            q.put(None)
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop_event.set()
+            while t.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    t.join(0.01)

@@ -1,0 +1,164 @@
+"""The end-to-end job: data -> patient split -> cache -> Stage I -> Stage II -> test metrics.
+
+Run folder layout (``run.out_dir``)::
+
+    config.yaml         the resolved config (a rerun with another config in the same folder is refused)
+    split.json          image ids of the train / val / test parts (patient-disjoint)
+    pretrain/           encoder.safetensors (best by kNN accuracy), last.pt, metrics.jsonl, tb/
+    train/              model.safetensors (best by train.best_metric), last.pt, metrics.jsonl, tb/
+    test_metrics.json   the best Stage II model on the held-out patients (never seen in training)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deeppneumonia.checkpoint import load_weights, write_json
+from deeppneumonia.config import Config
+from deeppneumonia.data.batches import CachedSplit
+from deeppneumonia.data.cache import Cache, build_cache
+from deeppneumonia.data.manifest import Manifest
+from deeppneumonia.data.sources import load_source
+from deeppneumonia.data.splits import Split, patient_split
+from deeppneumonia.device import Runtime, resolve_runtime, seed_everything
+from deeppneumonia.errors import ConfigError, DataError
+from deeppneumonia.inference import predict_split
+from deeppneumonia.metrics import multiclass_metrics, multilabel_metrics
+from deeppneumonia.training.loop import FitResult, fit
+from deeppneumonia.training.simclr import SimCLRTask
+from deeppneumonia.training.supervised import SupervisedTask
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ when a run folder is reused (they do not change what is computed).
+_VOLATILE = {("run", "progress"), ("run", "threads"), ("run", "device")}
+
+
+def resolve_data_path(path: str) -> Path:
+    """``sample:NAME`` names a data set shipped inside the package; anything else is a path."""
+    if path.startswith("sample:"):
+        res = resources.files("deeppneumonia") / "sample" / path.removeprefix("sample:")
+        if not res.is_dir():
+            raise DataError(f"no shipped sample {path!r}; shipped: sample:nih, sample:kermany")
+        return Path(str(res))
+    return Path(path).expanduser()
+
+
+@dataclass
+class PreparedData:
+    manifest: Manifest
+    cache: Cache
+    split: Split
+    train: CachedSplit
+    val: CachedSplit
+    test: CachedSplit
+
+
+def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
+    d = cfg.data
+    manifest = load_source(resolve_data_path(d.path), d.source, strict=d.strict, patient_regex=d.patient_regex)
+    if len(manifest) == 0:
+        raise DataError(f"{d.path}: no usable images (problems: {[str(p) for p in manifest.problems[:5]]})")
+    skipped = [p for p in manifest.problems if p.severity == "error"]
+    if skipped:
+        log.warning("%d row(s)/file(s) skipped while reading %s; `deeppneumonia data inspect` lists them",
+                    len(skipped), d.path)
+    split = patient_split(manifest, d.val_fraction, d.test_fraction, d.split_seed)
+    cache = build_cache(manifest, d.size, d.cache_dir, d.resize, progress=progress)
+    return PreparedData(manifest, cache, split, CachedSplit(cache, split.train), CachedSplit(cache, split.val),
+                        CachedSplit(cache, split.test))
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = (*prefix, k)
+        if key in _VOLATILE:
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, key)
+        elif va != vb:
+            out.append(f"{'.'.join(key)}: {va!r} -> {vb!r}")
+    return out
+
+
+def open_run(cfg: Config) -> Path:
+    """Create the run folder, or check that an existing one holds the same config (for resuming)."""
+    run_dir = Path(cfg.run.out_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as YAML reads them back
+    if saved.is_file():
+        diff = _diff(yaml.safe_load(saved.read_text()) or {}, current)
+        if diff:
+            raise ConfigError(f"{run_dir} holds a run with another config ({'; '.join(diff[:5])}); choose another "
+                              "run.out_dir, or delete the folder to start over")
+    else:
+        saved.write_text(yaml.safe_dump(current, sort_keys=False))
+    return run_dir
+
+
+def _runtime(cfg: Config) -> Runtime:
+    r = cfg.run
+    return resolve_runtime(r.device, r.precision, r.channels_last, r.threads)
+
+
+def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
+    run_dir = open_run(cfg)
+    seed_everything(cfg.run.seed)
+    data = data or prepare_data(cfg, cfg.run.progress)
+    rt = _runtime(cfg)
+    task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass")
+    return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress)
+
+
+def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
+    """Stage II, then the best model on the test patients. Returns the test metrics."""
+    run_dir = open_run(cfg)
+    seed_everything(cfg.run.seed + 1)
+    data = data or prepare_data(cfg, cfg.run.progress)
+    rt = _runtime(cfg)
+    encoder = None
+    if cfg.train.pretrained:
+        path = Path(cfg.train.encoder).expanduser() if cfg.train.encoder else run_dir / "pretrain" / "encoder.safetensors"
+        if not path.is_file():
+            raise ConfigError(f"train.pretrained is true but {path} does not exist: run `deeppneumonia pretrain` "
+                              "first, set train.encoder=PATH, or set train.pretrained=false")
+        encoder, meta = load_weights(path)
+        if meta.get("size") != cfg.data.size:
+            log.warning("encoder was pre-trained at %s px, training at %s px", meta.get("size"), cfg.data.size)
+    m = data.manifest
+    task = SupervisedTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder)
+    result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress)
+    return evaluate_test(cfg, data, rt, run_dir, result)
+
+
+def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
+                  result: FitResult | None = None) -> dict[str, Any]:
+    from deeppneumonia.models.resnet import build_classifier
+
+    state, meta = load_weights(run_dir / "train" / "model.safetensors")
+    model = build_classifier(len(meta["classes"]), meta["arch"]).to(rt.device, memory_format=rt.memory_format)
+    model.load_state_dict(state)
+    multilabel = meta["task"] == "multilabel"
+    out: dict[str, Any] = {"images": len(data.test), "patients": len({data.manifest.records[int(i)].patient_id
+                                                                       for i in data.test.indices})}
+    if len(data.test):
+        probs = predict_split(model, data.test, rt, cfg.data.mean, cfg.data.std, multilabel)
+        targets = data.test.targets.numpy()
+        out.update(multilabel_metrics(probs, targets) if multilabel else multiclass_metrics(probs, targets.argmax(1)))
+    out["best_epoch"] = meta.get("epoch")
+    if result is not None:
+        out["train_minutes"] = round(result.seconds / 60, 2)
+    write_json(run_dir / "test_metrics.json", out)
+    write_json(run_dir / "split.json", {k: [data.manifest.records[int(i)].image_id for i in v]
+                                        for k, v in data.split.parts().items()})
+    return out

@@ -1,0 +1,156 @@
+"""The one training loop: runs any task (SimCLR, Deep Pneumonia, and the methods to come).
+
+A task is a small object (see :class:`Task`) that owns its modules, yields its batches, returns a dict
+of named losses for a batch ("loss" is what is optimised), validates, and saves its best artefact. The
+loop does the rest: SGD with warm-up + schedule, mixed precision, progress bar, metrics.jsonl and
+TensorBoard, best checkpoint by a chosen metric, and resuming from ``last.pt`` after a kill.
+Resuming is at epoch granularity: each epoch's shuffling and augmentation are seeded by (seed, epoch),
+so a resumed run computes the same epochs an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from deeppneumonia.checkpoint import load_state, save_state
+from deeppneumonia.config import OptimConfig
+from deeppneumonia.data.batches import Batch
+from deeppneumonia.device import Runtime
+from deeppneumonia.errors import DeepPneumoniaError
+
+log = logging.getLogger(__name__)
+
+
+class Task(Protocol):
+    name: str
+    best_metric: str  # a key of validate()'s result; higher is better
+
+    def modules(self) -> dict[str, nn.Module]: ...
+    def steps_per_epoch(self) -> int: ...
+    def train_batches(self, epoch: int) -> Iterator[Batch]: ...
+    def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]: ...
+    def validate(self) -> dict[str, float]: ...
+    def save_best(self, run_dir: Path, record: dict[str, Any]) -> None: ...
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine to 0, step decay (x0.1 at 50 % and 75 %) or constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    if schedule == "step":
+        return 0.1 ** (int(t >= 0.5) + int(t >= 0.75))
+    return 1.0
+
+
+@dataclass
+class FitResult:
+    best: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, Any]]
+
+
+def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
+        progress: bool = True) -> FitResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    modules = task.modules()
+    for m in modules.values():
+        m.to(rt.device, memory_format=rt.memory_format)
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.nesterov and cfg.momentum > 0)
+    steps = task.steps_per_epoch()
+    total, warmup = cfg.epochs * steps, int(cfg.warmup_epochs * steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+    scaler = torch.amp.GradScaler(enabled=rt.dtype == torch.float16)
+
+    start, best, best_epoch, history = 0, -math.inf, -1, []
+    last = run_dir / "last.pt"
+    if last.is_file():
+        state = load_state(last)
+        for name, m in modules.items():
+            m.load_state_dict(state["modules"][name])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, best, best_epoch = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"])
+        history = json.loads(state["history"])
+        log.info("%s: resuming from %s after epoch %d", task.name, last, start - 1)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tb"))
+    t_start = time.perf_counter()
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            for m in modules.values():
+                m.train()
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            sums: dict[str, float] = {}
+            n = 0
+            bar = tqdm(task.train_batches(epoch), total=steps, desc=f"{task.name} {epoch + 1}/{cfg.epochs}",
+                       disable=not progress, leave=False)
+            for batch in bar:
+                with rt.autocast():
+                    losses = task.training_step(batch, g)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise DeepPneumoniaError(f"{task.name}: loss is {loss.item()} at epoch {epoch + 1}, step {n + 1}"
+                                             f"; parts {({k: float(v) for k, v in losses.items()})}. Lower the "
+                                             "learning rate or check the inputs.")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                n += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+            train_time = time.perf_counter() - t0
+            val = task.validate()
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+                                      "train_seconds": round(train_time, 2),
+                                      "images_per_second": round(n and n * _batch_images(task) / train_time, 1)}
+            record.update({f"train_{k}": v / max(n, 1) for k, v in sums.items()})
+            record.update({f"val_{k}": v for k, v in val.items()})
+            history.append(record)
+            with (run_dir / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    writer.add_scalar(k, v, epoch + 1)
+            score = val.get(task.best_metric, -math.inf)
+            improved = score > best or best_epoch < 0
+            if improved:
+                best, best_epoch = score, epoch + 1
+                task.save_best(run_dir, record)
+            log.info("%s epoch %d/%d: loss %.4f, val %s%s", task.name, epoch + 1, cfg.epochs,
+                     record.get("train_loss", float("nan")),
+                     ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)),
+                     " (best)" if improved else "")
+            save_state(last, {"modules": {k: m.state_dict() for k, m in modules.items()},
+                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                              "best": best, "best_epoch": best_epoch, "history": json.dumps(history)})
+    finally:
+        writer.close()
+    return FitResult(best, best_epoch, len(history), time.perf_counter() - t_start, history)
+
+
+def _batch_images(task: Task) -> int:
+    return int(getattr(task, "images_per_batch", 1))

@@ -1,0 +1,134 @@
+"""Stage I task: SimCLR self-supervised pre-training of the encoder (paper Sec. IV-B, Eq. 1).
+
+Two augmented views of each training image go through the shared encoder and the MLP projector; the
+InfoNCE loss (temperature 0.2) pulls the views of one image together against the 2N-2 other views.
+Labels are never used for training. Each epoch also reports the contrastive accuracy (paper Fig. 6) and,
+on a labelled validation split, a weighted kNN accuracy (Wu et al. 2018) of the encoder's pooled
+features, so the user sees whether pre-training helps. The best encoder is saved without the projector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deeppneumonia.checkpoint import save_weights
+from deeppneumonia.config import Config
+from deeppneumonia.data.batches import Batch, CachedSplit
+from deeppneumonia.device import Runtime, eval_mode
+from deeppneumonia.losses import InfoNCELoss, contrastive_accuracy
+from deeppneumonia.models.projector import Projector
+from deeppneumonia.models.resnet import (
+    STAGE_CHANNELS,
+    build_classifier,
+    encoder_state,
+    forward_head,
+    forward_stages,
+)
+from deeppneumonia.training.inputs import make_inputs
+
+
+@torch.no_grad()
+def embed(model: nn.Module, split: CachedSplit, rt: Runtime, mean: float, std: float,
+          batch_size: int = 128) -> Tensor:
+    """(N, D) L2-normalised pooled encoder features of a split (no augmentation)."""
+    out = []
+    with eval_mode(model):
+        for batch in split.iterate(batch_size):
+            x, _ = make_inputs(batch, rt, mean, std, None, None)
+            with rt.autocast():
+                h = forward_head(model, forward_stages(model, x)[-1], pre_logits=True)  # type: ignore[arg-type]
+            out.append(F.normalize(h.float(), dim=1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 1)
+
+
+def knn_accuracy(train_feats: Tensor, train_labels: Tensor, val_feats: Tensor, val_labels: Tensor,
+                 k: int = 20, temperature: float = 0.07) -> float:
+    """Weighted kNN on cosine similarity (Wu et al. 2018): votes exp(sim / T) of the k nearest."""
+    if len(train_feats) == 0 or len(val_feats) == 0:
+        return float("nan")
+    c = int(max(train_labels.max(), val_labels.max())) + 1
+    sim = val_feats @ train_feats.T
+    top, idx = sim.topk(min(k, len(train_feats)), dim=1)
+    votes = torch.zeros(len(val_feats), c).scatter_add_(1, train_labels[idx], torch.exp(top / temperature))
+    return float((votes.argmax(1) == val_labels).float().mean())
+
+
+class SimCLRTask:
+    name = "pretrain"
+
+    def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit | None, rt: Runtime,
+                 multiclass: bool, arch: str = "resnet18") -> None:
+        self.cfg, self.train, self.val, self.rt = cfg, train, val, rt
+        self.pcfg = cfg.pretrain
+        self.multiclass = multiclass
+        self.arch = arch
+        self.encoder = build_classifier(1, arch)
+        self.encoder.fc = nn.Identity()  # type: ignore[assignment]  # no classifier in Stage I
+        self.projector = Projector(STAGE_CHANNELS[arch][-1], self.pcfg.proj_hidden, self.pcfg.proj_dim)
+        self.loss = InfoNCELoss(self.pcfg.temperature)
+        self.best_metric = "knn_accuracy" if multiclass and val is not None and len(val) else "contrastive_accuracy"
+        bs = self.pcfg.optim.batch_size
+        if len(train) < 2:
+            raise ValueError("SimCLR needs at least 2 training images")
+        self.batch_size = min(bs, len(train))
+        self.images_per_batch = self.batch_size
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "projector": self.projector}
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train) // self.batch_size
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        return self.train.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
+                                  drop_last=True)
+
+    def _views(self, batch: Batch, g: torch.Generator) -> Tensor:
+        d = self.cfg.data
+        x1, _ = make_inputs(batch, self.rt, d.mean, d.std, self.pcfg.augment, g)
+        x2, _ = make_inputs(batch, self.rt, d.mean, d.std, self.pcfg.augment, g)
+        return torch.cat([x1, x2])
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = forward_head(self.encoder, forward_stages(self.encoder, x)[-1], pre_logits=True)
+        z = self.projector(h)
+        return z.chunk(2)  # type: ignore[return-value]
+
+    def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
+        z1, z2 = self._project(self._views(batch, g))
+        return {"loss": self.loss(z1, z2), "contrastive_accuracy": contrastive_accuracy(z1, z2)}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        split = self.val if self.val is not None and len(self.val) >= 2 else self.train
+        g = torch.Generator().manual_seed(12345)  # the same views every epoch
+        losses, accs = [], []
+        with eval_mode(self.encoder, self.projector):
+            for batch in split.iterate(min(self.batch_size, len(split)), drop_last=True):
+                with self.rt.autocast():
+                    z1, z2 = self._project(self._views(batch, g))
+                losses.append(float(self.loss(z1, z2)))
+                accs.append(float(contrastive_accuracy(z1, z2)))
+        out["contrastive_loss"] = float(np.mean(losses)) if losses else float("nan")
+        out["contrastive_accuracy"] = float(np.mean(accs)) if accs else float("nan")
+        if self.best_metric == "knn_accuracy" and self.val is not None:
+            d = self.cfg.data
+            tf = embed(self.encoder, self.train, self.rt, d.mean, d.std)
+            vf = embed(self.encoder, self.val, self.rt, d.mean, d.std)
+            out["knn_accuracy"] = knn_accuracy(tf, self.train.targets.argmax(1), vf, self.val.targets.argmax(1),
+                                               self.pcfg.knn_k)
+        return out
+
+    def save_best(self, run_dir: Path, record: dict[str, Any]) -> None:
+        d = self.cfg.data
+        save_weights(run_dir / "encoder.safetensors", encoder_state(self.encoder),  # type: ignore[arg-type]
+                     {"kind": "encoder", "arch": self.arch, "in_chans": 1, "size": d.size, "resize": d.resize,
+                      "mean": d.mean, "std": d.std, "epoch": record["epoch"], "config": self.cfg.to_dict()})

@@ -1,0 +1,156 @@
+"""Stage II task: Deep Pneumonia supervised training (paper Sec. IV-C and IV-D).
+
+The (optionally pre-trained) ResNet18 classifies; MGACR heads on the chosen residual layers produce
+map+ and map-, pulled to the lesion mask and its inverse (Eqs. 2-4), and the attended features are
+regulated contrastively (Eq. 5); the class-balanced focal loss (Eq. 9) with weights from the training
+counts replaces cross-entropy. Total loss:
+
+    L = L_cls + weight_attention * (L_att+ + L_att-) + weight_feature * L_feat      (Eq. 6, weighted)
+
+Each Table I technique is a switch: ``train.pretrained``, ``train.mgacr.attention``,
+``train.mgacr.feature``, ``train.loss.kind``. Validation also measures, per layer, how close map+ is to
+the lesion mask on boxed validation images, and warns when the maps collapse to a constant.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from deeppneumonia.checkpoint import save_weights
+from deeppneumonia.config import Config
+from deeppneumonia.data.batches import Batch, CachedSplit
+from deeppneumonia.device import Runtime, eval_mode
+from deeppneumonia.inference import predict_split
+from deeppneumonia.losses import ClassBalancedFocalLoss, MGACRLoss
+from deeppneumonia.metrics import multiclass_metrics, multilabel_metrics
+from deeppneumonia.models.attention import MGACRHeads
+from deeppneumonia.models.resnet import build_classifier, forward_head, forward_stages, load_encoder
+from deeppneumonia.training.inputs import make_inputs
+
+log = logging.getLogger(__name__)
+
+
+def model_metadata(cfg: Config, classes: tuple[str, ...], task: str, arch: str) -> dict[str, Any]:
+    """What travels with the inference weights: classes, preprocessing, config."""
+    d = cfg.data
+    return {"kind": "classifier", "arch": arch, "in_chans": 1, "classes": list(classes), "task": task,
+            "preprocessing": {"size": d.size, "resize": d.resize, "mean": d.mean, "std": d.std},
+            "thresholds": None, "config": cfg.to_dict()}
+
+
+class SupervisedTask:
+    name = "train"
+
+    def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit, rt: Runtime,
+                 classes: tuple[str, ...], task: str, encoder: dict[str, Tensor] | None = None,
+                 arch: str = "resnet18") -> None:
+        self.cfg, self.tcfg, self.train, self.val, self.rt = cfg, cfg.train, train, val, rt
+        self.classes, self.task, self.arch = classes, task, arch
+        self.multilabel = task == "multilabel"
+        self.model = build_classifier(len(classes), arch)
+        if encoder is not None:
+            load_encoder(self.model, encoder)
+        m = self.tcfg.mgacr
+        self.heads = MGACRHeads(m.layers, m.kernel_size) if (m.attention or m.feature) else None
+        lc = self.tcfg.loss
+        beta, gamma = (lc.beta, lc.gamma) if lc.kind == "cb_focal" else (0.0, 0.0)  # (0, 0) = cross-entropy
+        self.counts = train.class_counts()
+        self.cls_loss = ClassBalancedFocalLoss(self.counts, beta=beta, gamma=gamma,
+                                               mode="sigmoid" if self.multilabel else "softmax").to(rt.device)
+        self.mgacr_loss = MGACRLoss()
+        self.batch_size = min(self.tcfg.optim.batch_size, len(train))
+        self.images_per_batch = self.batch_size
+        self.best_metric = self.tcfg.best_metric if not self.multilabel else "auroc"
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"model": self.model}
+        if self.heads is not None:
+            mods["heads"] = self.heads
+        return mods
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train) // self.batch_size)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        return self.train.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
+                                  drop_last=True)
+
+    def _target(self, batch: Batch) -> Tensor:
+        t = batch.target.to(self.rt.device)
+        return t if self.multilabel else t.argmax(1)
+
+    def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
+        d, m = self.cfg.data, self.tcfg.mgacr
+        x, mask = make_inputs(batch, self.rt, d.mean, d.std, self.tcfg.augment, g, with_mask=self.heads is not None)
+        feats = forward_stages(self.model, x)
+        logits = forward_head(self.model, feats[-1])
+        losses = {"cls": self.cls_loss(logits.float(), self._target(batch))}
+        total = losses["cls"]
+        if self.heads is not None and mask is not None:
+            f, mp, mn = self.heads(feats)
+            parts = self.mgacr_loss(f, mp, mn, mask, batch.has_box.to(self.rt.device), use_attention=m.attention,
+                                    use_feature=m.feature, no_box=m.no_box)
+            losses.update(parts)
+            total = total + m.weight_attention * (parts["att_pos"] + parts["att_neg"]) \
+                + m.weight_feature * parts["feat"]
+        losses["loss"] = total
+        return losses
+
+    def validate(self) -> dict[str, float]:
+        d = self.cfg.data
+        probs = predict_split(self.model, self.val, self.rt, d.mean, d.std, self.multilabel)
+        targets = self.val.targets.numpy()
+        out = multilabel_metrics(probs, targets) if self.multilabel else \
+            multiclass_metrics(probs, targets.argmax(1))
+        if self.heads is not None:
+            out.update(self.attention_diagnostics())
+        return out
+
+    @torch.no_grad()
+    def attention_diagnostics(self, max_images: int = 256) -> dict[str, float]:
+        """Per layer: MSE(map+, mask+) and the share of map+ mass inside the boxes, on boxed val images."""
+        assert self.heads is not None
+        boxed = np.flatnonzero(self.val.has_box.numpy())[:max_images]
+        if boxed.size == 0:
+            return {}
+        d = self.cfg.data
+        mse: dict[int, list[float]] = {i: [] for i in self.heads.layers}
+        inside: dict[int, list[float]] = {i: [] for i in self.heads.layers}
+        spread: dict[int, list[float]] = {i: [] for i in self.heads.layers}
+        with eval_mode(self.model, self.heads):
+            for start in range(0, boxed.size, 64):
+                batch = self.val.batch(boxed[start:start + 64])
+                x, mask = make_inputs(batch, self.rt, d.mean, d.std, None, None, with_mask=True)
+                assert mask is not None
+                with self.rt.autocast():
+                    _, maps_pos, _ = self.heads(forward_stages(self.model, x))
+                for layer, mp in zip(self.heads.layers, maps_pos, strict=True):
+                    mp = mp.float()
+                    mk = torch.nn.functional.interpolate(mask, size=mp.shape[-2:], mode="area")
+                    mse[layer] += ((mp - mk) ** 2).mean((1, 2, 3)).tolist()
+                    inside[layer] += ((mp * mk).sum((1, 2, 3)) / mp.sum((1, 2, 3)).clamp_min(1e-6)).tolist()
+                    spread[layer] += mp.flatten(1).std(1).tolist()
+        out = {}
+        for layer in self.heads.layers:
+            out[f"att{layer}_mse"] = float(np.mean(mse[layer]))
+            out[f"att{layer}_inside"] = float(np.mean(inside[layer]))
+            if float(np.mean(spread[layer])) < 1e-3:
+                log.warning("MGACR map+ of layer %d has collapsed to a constant (mean spatial std %.2g): the "
+                            "attention loss is not guiding it; try a lower weight or learning rate", layer,
+                            float(np.mean(spread[layer])))
+        return out
+
+    def save_best(self, run_dir: Path, record: dict[str, Any]) -> None:
+        meta = model_metadata(self.cfg, self.classes, self.task, self.arch)
+        meta.update({"epoch": record["epoch"], "val": {k: v for k, v in record.items() if k.startswith("val_")}})
+        save_weights(run_dir / "model.safetensors", self.model.state_dict(), meta)
+        if self.heads is not None and self.tcfg.keep_attention_heads:
+            save_weights(run_dir / "mgacr_heads.safetensors", self.heads.state_dict(),
+                         {"kind": "mgacr_heads", "layers": list(self.heads.layers), "analysis_only": True})
