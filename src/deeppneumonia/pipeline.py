@@ -146,7 +146,7 @@ def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
     from deeppneumonia.models.resnet import build_classifier
 
     state, meta = load_weights(run_dir / "train" / "model.safetensors")
-    model = build_classifier(len(meta["classes"]), meta["arch"]).to(rt.device, memory_format=rt.memory_format)
+    model = build_classifier(len(meta["classes"]), meta["arch"]).to(rt.device).to(memory_format=rt.memory_format)
     model.load_state_dict(state)
     multilabel = meta["task"] == "multilabel"
     out: dict[str, Any] = {"images": len(data.test), "patients": len({data.manifest.records[int(i)].patient_id

@@ -1,7 +1,9 @@
 """MGACR attention heads: two CBAM-style spatial attention maps per residual layer (paper Fig. 4).
 
 Each head pools its feature map over channels (mean and max, Woo et al. 2018, CBAM) and a k x k
-convolution with two output channels gives two independent maps, map+ and map-, through a sigmoid.
+convolution with two output channels gives two independent maps, map+ and map-, through batch
+normalisation (as in the official CBAM code: it keeps the logits from saturating the sigmoid, which
+otherwise lets a map collapse to a constant) and a sigmoid.
 The heads only see the backbone's features; the backbone does not consume the attended features, so
 the heads can be dropped after training (the paper's "no cost at inference").
 """
@@ -19,11 +21,12 @@ class SpatialAttentionPair(nn.Module):
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 2, kernel_size, padding=kernel_size // 2)
+        self.conv = nn.Conv2d(2, 2, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(2)
 
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         pooled = torch.cat([feats.mean(1, keepdim=True), feats.amax(1, keepdim=True)], dim=1)
-        maps = torch.sigmoid(self.conv(pooled))
+        maps = torch.sigmoid(self.bn(self.conv(pooled)))
         return maps[:, 0:1], maps[:, 1:2]
 
 

@@ -70,7 +70,7 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
     run_dir.mkdir(parents=True, exist_ok=True)
     modules = task.modules()
     for m in modules.values():
-        m.to(rt.device, memory_format=rt.memory_format)
+        m.to(rt.device).to(memory_format=rt.memory_format)
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.nesterov and cfg.momentum > 0)

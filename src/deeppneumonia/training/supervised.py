@@ -115,7 +115,11 @@ class SupervisedTask:
 
     @torch.no_grad()
     def attention_diagnostics(self, max_images: int = 256) -> dict[str, float]:
-        """Per layer: MSE(map+, mask+) and the share of map+ mass inside the boxes, on boxed val images."""
+        """Per layer: MSE(map+, mask+) and the share of map+ mass inside the boxes, on boxed val images.
+
+        ``att_mask_area`` is the mean share of the image the boxes cover: a map that ignores the boxes
+        has ``inside`` close to it, a map that follows them has ``inside`` well above it.
+        """
         assert self.heads is not None
         boxed = np.flatnonzero(self.val.has_box.numpy())[:max_images]
         if boxed.size == 0:
@@ -124,11 +128,13 @@ class SupervisedTask:
         mse: dict[int, list[float]] = {i: [] for i in self.heads.layers}
         inside: dict[int, list[float]] = {i: [] for i in self.heads.layers}
         spread: dict[int, list[float]] = {i: [] for i in self.heads.layers}
+        area: list[float] = []
         with eval_mode(self.model, self.heads):
             for start in range(0, boxed.size, 64):
                 batch = self.val.batch(boxed[start:start + 64])
                 x, mask = make_inputs(batch, self.rt, d.mean, d.std, None, None, with_mask=True)
                 assert mask is not None
+                area += mask.mean((1, 2, 3)).tolist()
                 with self.rt.autocast():
                     _, maps_pos, _ = self.heads(forward_stages(self.model, x))
                 for layer, mp in zip(self.heads.layers, maps_pos, strict=True):
@@ -136,8 +142,8 @@ class SupervisedTask:
                     mk = torch.nn.functional.interpolate(mask, size=mp.shape[-2:], mode="area")
                     mse[layer] += ((mp - mk) ** 2).mean((1, 2, 3)).tolist()
                     inside[layer] += ((mp * mk).sum((1, 2, 3)) / mp.sum((1, 2, 3)).clamp_min(1e-6)).tolist()
-                    spread[layer] += mp.flatten(1).std(1).tolist()
-        out = {}
+                    spread[layer] += mp.flatten(1).std(1, correction=0).tolist()
+        out = {"att_mask_area": float(np.mean(area))}  # what *_inside is for a map that ignores the boxes
         for layer in self.heads.layers:
             out[f"att{layer}_mse"] = float(np.mean(mse[layer]))
             out[f"att{layer}_inside"] = float(np.mean(inside[layer]))

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from deeppneumonia.data.imageio import ImageInfo, probe_image
-from deeppneumonia.data.manifest import ProblemLog
+from deeppneumonia.data.manifest import ProblemLog, Record
 from deeppneumonia.errors import DataError, ImageReadError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
@@ -63,3 +63,17 @@ def patient_from_filename(stem: str, pattern: re.Pattern[str] | None = None) -> 
         if m:
             return m.group(1)
     return None
+
+
+def drop_duplicates(records: list[Record], plog: ProblemLog) -> list[Record]:
+    """Keep the first record of each image id; report the later ones with their row."""
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r.image_id in seen:
+            plog.add("duplicate", f"image {r.image_id} is listed more than once; this row is skipped",
+                     r.source_file, r.source_row)
+            continue
+        seen.add(r.image_id)
+        out.append(r)
+    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deeppneumonia.data.manifest import Manifest, ProblemLog, Record, one_hot
-from deeppneumonia.data.sources._common import probe, read_csv, safe_child
+from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv, safe_child
 
 FRONTAL_VIEWS = {"pa", "ap", "ap supine", "ap semi erect", "ap erect"}
 UNUSABLE_FINDINGS = {"", "todo", "unknown", "nan"}
@@ -50,15 +50,11 @@ def load_covid_cxr(root: Path, plog: ProblemLog) -> Manifest:
         rows.append((row_no, row, finding, path, info))
     classes = tuple(sorted({r[2] for r in rows}))
     records = []
-    seen: set[str] = set()
     for row_no, row, finding, path, info in rows:
         image_id = row["filename"]
-        if image_id in seen:
-            plog.add("duplicate", f"image {image_id} is listed twice; later row skipped", meta, row_no)
-            continue
-        seen.add(image_id)
         patient = row["patientid"]
         records.append(Record(image_id, path, patient, f"{patient}:{row.get('offset', '')}",
                               one_hot(classes.index(finding), len(classes)), (), info.width, info.height,
                               str(meta), row_no))
+    records = drop_duplicates(records, plog)
     return Manifest(root.name, root, classes, "multiclass", records, plog.problems)

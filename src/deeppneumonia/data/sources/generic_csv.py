@@ -20,8 +20,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from deeppneumonia.data.manifest import Box, Manifest, ProblemLog, Record, one_hot, validate_box
-from deeppneumonia.data.sources._common import probe, read_csv, safe_child
+from deeppneumonia.data.manifest import Box, Manifest, ProblemLog, Record, Task, one_hot, validate_box
+from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv, safe_child
 
 
 def _parse_boxes(text: str) -> list[Box]:
@@ -30,7 +30,7 @@ def _parse_boxes(text: str) -> list[Box]:
     value = json.loads(text)
     if not isinstance(value, list) or not all(isinstance(b, list) and len(b) == 4 for b in value):
         raise ValueError("expected a JSON list of [x, y, w, h] lists")
-    return [Box(*(float(v) for v in b)) for b in value]
+    return [Box(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in value]
 
 
 def _cell_value(text: str) -> float:
@@ -47,6 +47,7 @@ def load_generic_csv(csv_path: Path, plog: ProblemLog, classes: Sequence[str] | 
     with csv_path.open(encoding="utf-8-sig") as fh:
         header = fh.readline().strip().split(",")
     per_class_columns = classes is not None and all(c in header for c in classes)
+    task: Task
     if per_class_columns:
         task = "multilabel"
     elif "label" in header:
@@ -107,4 +108,5 @@ def load_generic_csv(csv_path: Path, plog: ProblemLog, classes: Sequence[str] | 
     if records and not any(row.get("patient_id") for _, row, _ in rows):
         plog.add("no_patient_id", "no patient_id column: each image is its own patient, so splits cannot keep "
                  "a patient's images together", csv_path, None, "warning")
+    records = drop_duplicates(records, plog)
     return Manifest(csv_path.stem, root, classes, task, records, plog.problems)

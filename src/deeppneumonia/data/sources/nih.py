@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from deeppneumonia.data.manifest import Box, Manifest, ProblemLog, Record, one_hot, validate_box
-from deeppneumonia.data.sources._common import probe, read_csv, safe_child
+from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv, safe_child
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
             "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
@@ -76,5 +76,6 @@ def load_nih(root: Path, plog: ProblemLog, mode: Literal["multilabel", "binary"]
     for image_id, rows in boxes.items():
         plog.add("orphan_box", f"box for {image_id}, which has no usable row in {labels_csv.name}; dropped",
                  boxes_csv, rows[0][0], "warning")
+    records = drop_duplicates(records, plog)
     return Manifest(root.name, root, classes, "multilabel" if mode == "multilabel" else "multiclass",
                     records, plog.problems)

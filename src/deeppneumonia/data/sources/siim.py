@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 from deeppneumonia.data.manifest import Box, Manifest, ProblemLog, Record, one_hot, validate_box
-from deeppneumonia.data.sources._common import probe, read_csv
+from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv
 
 CLASSES = ("Negative for Pneumonia", "Typical Appearance", "Indeterminate Appearance", "Atypical Appearance")
 
@@ -89,4 +89,5 @@ def load_siim(root: Path, plog: ProblemLog, image_dir: str = "images") -> Manife
                 boxes.append(box)
         records.append(Record(image_id, path, patient, study, one_hot(study_label[study], len(CLASSES)),
                               tuple(boxes), info.width, info.height, str(image_csv), row_no))
+    records = drop_duplicates(records, plog)
     return Manifest(root.name, root, CLASSES, "multiclass", records, plog.problems)

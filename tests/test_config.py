@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deeppneumonia.config import Config, config_from_dict, load_config, preset_names
+from deeppneumonia.errors import ConfigError
+
+
+def test_presets_load_and_overrides_apply() -> None:
+    assert {"quick", "paper", "siim-cpu"} <= set(preset_names())
+    cfg = load_config("quick", ["train.optim.epochs=3", "train.loss.gamma=1.5", "train.mgacr.layers=[3, 4]",
+                                "data.size=96", "train.encoder=null"])
+    assert cfg.train.optim.epochs == 3 and cfg.train.loss.gamma == 1.5 and cfg.train.mgacr.layers == (3, 4)
+    assert cfg.data.size == 96 and cfg.data.path == "sample:nih"
+    # untouched nested values keep the dataclass defaults
+    assert cfg.train.optim.momentum == 0.9
+    paper = load_config("paper")
+    assert paper.data.size == 224 and paper.train.optim.batch_size == 16 and paper.pretrain.temperature == 0.2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.optim.epoch=3", "unknown key"),
+    ("train.optim.epochs=three", "expected an integer"),
+    ("train.loss.kind=mse", "not one of"),
+    ("train.mgacr.attention=1", "expected true/false"),
+    ("nonsense", "section.key=value"),
+])
+def test_bad_overrides_are_named(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("quick", [override])
+
+
+def test_yaml_file_and_roundtrip(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  loss: {kind: ce}\n")
+    cfg = load_config(str(p))
+    assert cfg.train.loss.kind == "ce"
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert Config() == load_config(None)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("no-such-preset")

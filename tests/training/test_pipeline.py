@@ -1,0 +1,113 @@
+"""End-to-end: tiny runs on synthetic lesion images (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torchvision.models import resnet18
+
+from deeppneumonia.checkpoint import load_state, load_weights
+from deeppneumonia.config import Config, load_config
+from deeppneumonia.errors import ConfigError
+from deeppneumonia.pipeline import open_run, prepare_data, run_pretrain, run_train
+from deeppneumonia.training.supervised import SupervisedTask
+from tests.conftest import make_lesion_csv
+
+
+def tiny_config(tmp_path: Path, csv_path: Path, *extra: str) -> Config:
+    return load_config(None, [
+        f"data.path={csv_path}", "data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "data.val_fraction=0.25",
+        "data.test_fraction=0.25", "pretrain.optim.epochs=1", "pretrain.optim.batch_size=8", "pretrain.knn_k=3",
+        "train.optim.epochs=2", "train.optim.batch_size=8", "train.optim.warmup_epochs=0",
+        f"run.out_dir={tmp_path / 'run'}", "run.progress=false", "run.precision=fp32", *extra])
+
+
+@pytest.fixture(scope="module")
+def lesion_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lesion_csv(tmp_path_factory.mktemp("lesions"), n=48, size=48)
+
+
+def test_two_stages_end_to_end(tmp_path: Path, lesion_data: Path) -> None:
+    cfg = tiny_config(tmp_path, lesion_data)
+    data = prepare_data(cfg, progress=False)
+    pre = run_pretrain(cfg, data)
+    run = tmp_path / "run"
+    assert pre.epochs_run == 1 and (run / "pretrain" / "encoder.safetensors").is_file()
+    enc = load_file(str(run / "pretrain" / "encoder.safetensors"))
+    assert not any("projector" in k or k.startswith("fc.") for k in enc)  # projector discarded
+    hist = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert {"train_loss", "val_knn_accuracy", "val_contrastive_accuracy"} <= set(hist[0])
+
+    test = run_train(cfg, data)
+    assert 0 <= test["accuracy"] <= 1 and test["images"] == len(data.test) > 0
+    state, meta = load_weights(run / "train" / "model.safetensors")
+    assert set(state) == set(resnet18(weights=None, num_classes=2).state_dict())  # no MGACR parts
+    assert meta["classes"] == ["clear", "lesion"] and meta["preprocessing"]["size"] == 32
+    assert meta["config"]["train"]["mgacr"]["attention"] is True and "torch" in meta["versions"]
+    hist = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert len(hist) == 2
+    assert {"train_cls", "train_att_pos", "train_att_neg", "train_feat", "val_att4_inside"} <= set(hist[0])
+    assert (run / "test_metrics.json").is_file() and (run / "config.yaml").is_file()
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["train"]) & set(split["test"])
+
+
+def test_training_learns_the_synthetic_lesion(tmp_path: Path, lesion_data: Path) -> None:
+    cfg = tiny_config(tmp_path, lesion_data, "train.pretrained=false", "train.optim.epochs=6", "train.optim.lr=0.05",
+                      "train.mgacr.attention=false", "train.mgacr.feature=false", "train.loss.kind=ce")
+    run_train(cfg)
+    hist = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert max(h["val_accuracy"] for h in hist) >= 0.75  # bright box vs none is easy: chance is 0.5
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, lesion_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["train.pretrained=false", "train.optim.epochs=2"]
+    full = tiny_config(tmp_path / "a", lesion_data, *base)
+    run_train(full)
+    killed = tiny_config(tmp_path / "b", lesion_data, *base)
+    original = SupervisedTask.validate
+    calls = {"n": 0}
+
+    def dying_validate(self: SupervisedTask) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed during epoch 2, after epoch 1 was checkpointed
+        return original(self)
+
+    monkeypatch.setattr(SupervisedTask, "validate", dying_validate)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(killed)
+    assert load_state(tmp_path / "b" / "run" / "train" / "last.pt")["epoch"] == 0
+    monkeypatch.setattr(SupervisedTask, "validate", original)
+    run_train(killed)
+    a = load_state(tmp_path / "a" / "run" / "train" / "last.pt")
+    b = load_state(tmp_path / "b" / "run" / "train" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1
+    for k, v in a["modules"]["model"].items():
+        assert torch.allclose(v.float(), b["modules"]["model"][k].float(), atol=1e-5), k
+    lines = (tmp_path / "b" / "run" / "train" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_table1_switches_and_config_guard(tmp_path: Path, lesion_data: Path) -> None:
+    cfg = tiny_config(tmp_path, lesion_data, "train.mgacr.attention=false", "train.mgacr.feature=false",
+                      "train.loss.kind=ce", "train.pretrained=false")
+    data = prepare_data(cfg, progress=False)
+    from deeppneumonia.device import resolve_runtime
+
+    task = SupervisedTask(cfg, data.train, data.val, resolve_runtime("cpu", "fp32"), data.manifest.classes, "multiclass")
+    assert set(task.modules()) == {"model"}
+    assert torch.allclose(task.cls_loss.weights, torch.ones(2))
+    open_run(cfg)
+    with pytest.raises(ConfigError, match="another config"):
+        open_run(tiny_config(tmp_path, lesion_data, "train.optim.lr=0.5"))
+
+
+def test_pretrained_encoder_must_exist(tmp_path: Path, lesion_data: Path) -> None:
+    with pytest.raises(ConfigError, match="run `deeppneumonia pretrain` first"):
+        run_train(tiny_config(tmp_path, lesion_data))
