@@ -98,6 +98,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from deeppneumonia.evaluation.runner import evaluate_checkpoint
+    from deeppneumonia.pipeline import resolve_data_path
+
+    out = args.out or args.checkpoint.resolve().parent.parent / "evaluation"
+    res = evaluate_checkpoint(args.checkpoint, resolve_data_path(str(args.data)), out, args.source, args.split,
+                              args.cache_dir, args.n_boot, args.layer, device=args.device, progress=not args.quiet)
+    m = res.metrics
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "map", "ece")
+    print(f"{m['images']} images of {m['patients']} patients ({m['split']} split)")
+    for level in ("image", "study"):
+        if level in m:
+            ci = m[level].get("ci", {})
+            cells = []
+            for k in keys:
+                v = m[level].get(k)
+                if v is None:
+                    continue
+                lo_hi = ci.get(k)
+                cells.append(f"{k} {v:.3f}" + (f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi and lo_hi[0] is not None
+                                                else ""))
+            print(f"{level:>6}: " + ", ".join(cells))
+    print(f"report: {res.out_dir / 'report.html'}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from deeppneumonia.data.cache import resize_image
+    from deeppneumonia.data.imageio import read_image
+    from deeppneumonia.explain import gradcam, overlay
+    from deeppneumonia.predictor import Predictor
+
+    pred = Predictor.from_checkpoint(args.checkpoint, args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        pixels = read_image(path).pixels
+        x = pred.preprocess(pixels)
+        probs = pred.probabilities(x)[0]
+        cls = pred.classes.index(args.cls) if args.cls else int(probs.argmax())
+        heat = gradcam(pred.model, x, cls, args.layer)[0]
+        small = resize_image(pixels, pred.size, pred.meta["preprocessing"]["resize"])
+        pic = overlay(small, heat, caption=f"{pred.classes[cls]} {probs[cls]:.2f}")
+        target = args.out / f"{Path(path).stem}_gradcam.png"
+        pic.save(target)
+        print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in zip(pred.classes, probs, strict=True))
+              + f" -> {target}")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
     p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
@@ -138,6 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole job: inspect, cache, Stage I, Stage II, test metrics")
     _add_config_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")
+    p.add_argument("--data", type=Path, required=True, help="data folder, CSV, or sample:NAME")
+    p.add_argument("--source", default="auto")
+    p.add_argument("--split", default="auto", choices=["auto", "test", "val", "train", "all"],
+                   help="auto: the run's held-out test patients when the data is the run's, else all images")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/evaluation)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of patients for the CIs")
+    p.add_argument("--layer", default="layer4", help="Grad-CAM layer")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("explain", help="Grad-CAM overlays (PNG) for images")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--class", dest="cls", default=None, help="class to explain (default: the predicted one)")
+    p.add_argument("--layer", default="layer4")
+    p.add_argument("--out", type=Path, default=Path("explanations"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_explain)
     return parser
 
 

@@ -109,6 +109,8 @@ class TrainConfig:
     loss: LossConfig = LossConfig()
     best_metric: str = "macro_f1"  # validation metric that picks the best checkpoint
     keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
+    threshold_method: Literal["youden", "sensitivity"] = "youden"  # per-class operating points on validation
+    target_sensitivity: float = 0.9  # for threshold_method=sensitivity
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from deeppneumonia.checkpoint import load_weights, write_json
+from deeppneumonia.checkpoint import load_weights, save_weights, write_json
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import CachedSplit
 from deeppneumonia.data.cache import Cache, build_cache
@@ -29,8 +30,8 @@ from deeppneumonia.data.sources import load_source
 from deeppneumonia.data.splits import Split, patient_split
 from deeppneumonia.device import Runtime, resolve_runtime, seed_everything
 from deeppneumonia.errors import ConfigError, DataError
+from deeppneumonia.evaluation.metrics import scalar_metrics
 from deeppneumonia.inference import predict_split
-from deeppneumonia.metrics import multiclass_metrics, multilabel_metrics
 from deeppneumonia.training.loop import FitResult, fit
 from deeppneumonia.training.simclr import SimCLRTask
 from deeppneumonia.training.supervised import SupervisedTask
@@ -138,23 +139,44 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
     m = data.manifest
     task = SupervisedTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder)
     result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress)
+    store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")
     return evaluate_test(cfg, data, rt, run_dir, result)
+
+
+def _load_model(path: Path, rt: Runtime) -> tuple[torch.nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
+    from deeppneumonia.models.resnet import build_classifier
+
+    state, meta = load_weights(path)
+    model = build_classifier(len(meta["classes"]), meta["arch"]).to(rt.device).to(memory_format=rt.memory_format)
+    model.load_state_dict(state)
+    return model, meta, state
+
+
+def store_thresholds(cfg: Config, data: PreparedData, rt: Runtime, path: Path) -> None:
+    """Choose per-class operating points on the validation patients and store them in the model's metadata."""
+    from deeppneumonia.evaluation.metrics import choose_thresholds
+
+    if not len(data.val):
+        return
+    model, meta, state = _load_model(path, rt)
+    probs = predict_split(model, data.val, rt, cfg.data.mean, cfg.data.std, meta["task"] == "multilabel")
+    t = cfg.train
+    thresholds = choose_thresholds(probs, data.val.targets.numpy(), t.threshold_method, t.target_sensitivity)
+    meta.update({"thresholds": [float(v) for v in thresholds],
+                 "threshold_method": f"{t.threshold_method} on the validation split ({len(data.val)} images)"})
+    meta.pop("versions", None)
+    save_weights(path, state, meta)
 
 
 def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
                   result: FitResult | None = None) -> dict[str, Any]:
-    from deeppneumonia.models.resnet import build_classifier
-
-    state, meta = load_weights(run_dir / "train" / "model.safetensors")
-    model = build_classifier(len(meta["classes"]), meta["arch"]).to(rt.device).to(memory_format=rt.memory_format)
-    model.load_state_dict(state)
+    model, meta, _ = _load_model(run_dir / "train" / "model.safetensors", rt)
     multilabel = meta["task"] == "multilabel"
     out: dict[str, Any] = {"images": len(data.test), "patients": len({data.manifest.records[int(i)].patient_id
                                                                        for i in data.test.indices})}
     if len(data.test):
         probs = predict_split(model, data.test, rt, cfg.data.mean, cfg.data.std, multilabel)
-        targets = data.test.targets.numpy()
-        out.update(multilabel_metrics(probs, targets) if multilabel else multiclass_metrics(probs, targets.argmax(1)))
+        out.update(scalar_metrics(multilabel)(probs, data.test.targets.numpy()))
     out["best_epoch"] = meta.get("epoch")
     if result is not None:
         out["train_minutes"] = round(result.seconds / 60, 2)

@@ -27,9 +27,9 @@ from deeppneumonia.checkpoint import save_weights
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import Batch, CachedSplit
 from deeppneumonia.device import Runtime, eval_mode
+from deeppneumonia.evaluation.metrics import scalar_metrics
 from deeppneumonia.inference import predict_split
 from deeppneumonia.losses import ClassBalancedFocalLoss, MGACRLoss
-from deeppneumonia.metrics import multiclass_metrics, multilabel_metrics
 from deeppneumonia.models.attention import MGACRHeads
 from deeppneumonia.models.resnet import build_classifier, forward_head, forward_stages, load_encoder
 from deeppneumonia.training.inputs import make_inputs
@@ -67,7 +67,7 @@ class SupervisedTask:
         self.mgacr_loss = MGACRLoss()
         self.batch_size = min(self.tcfg.optim.batch_size, len(train))
         self.images_per_batch = self.batch_size
-        self.best_metric = self.tcfg.best_metric if not self.multilabel else "auroc"
+        self.best_metric = self.tcfg.best_metric if not self.multilabel else "auroc_macro"
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"model": self.model}
@@ -106,9 +106,7 @@ class SupervisedTask:
     def validate(self) -> dict[str, float]:
         d = self.cfg.data
         probs = predict_split(self.model, self.val, self.rt, d.mean, d.std, self.multilabel)
-        targets = self.val.targets.numpy()
-        out = multilabel_metrics(probs, targets) if self.multilabel else \
-            multiclass_metrics(probs, targets.argmax(1))
+        out = scalar_metrics(self.multilabel)(probs, self.val.targets.numpy())
         if self.heads is not None:
             out.update(self.attention_diagnostics())
         return out

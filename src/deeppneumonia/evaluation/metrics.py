@@ -1,0 +1,603 @@
+"""Metric maths of the evaluation: numpy arrays in, plain JSON-serialisable dicts out (no model code here).
+
+scikit-learn does the maths. Two target layouts are supported:
+
+* multiclass: ``probs`` (N, C) softmax probabilities, ``targets`` (N, C) one-hot (float); prediction = argmax.
+* multilabel: ``probs`` (N, C) sigmoid probabilities, ``targets`` (N, C) with 1 / 0 and NaN = unknown; an unknown
+  (image, class) pair is masked for that class and never counted. Prediction per class = ``probs >= threshold``.
+
+Metrics that are undefined (e.g. AUROC of a class without positives or without negatives in the targets) are
+``None`` in every dict this module returns, so ``json.dumps(..., allow_nan=False)`` works on them. The two
+lower-level helpers meant for numeric work, :func:`bootstrap_ci` and the function of :func:`scalar_metrics`, use
+NaN instead (they return floats).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+ECE_BINS = 15
+"""Equal-width confidence bins of the expected calibration error (Guo et al., 2017)."""
+MAX_CURVE_POINTS = 200
+"""Most points kept per ROC / PR curve by :func:`curves`."""
+BOOT_CHUNK = 50
+"""Bootstrap resamples per chunk (the unit of seeding and of parallel work)."""
+MIN_VALID_FRACTION = 0.5
+"""A bootstrap interval needs at least this fraction of resamples with a defined metric, else it is (nan, nan)."""
+
+MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+"""(probs (N, C), targets (N, C)) -> flat dict of float metrics (NaN or None where undefined)."""
+
+NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checks and small helpers
+# ----------------------------------------------------------------------------------------------------------------
+def _as_arrays(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both as float64 (N, C) arrays of the same shape; probabilities finite."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    if p.ndim != 2 or p.shape != t.shape:
+        raise ValueError(f"probs and targets must both be (N, C) arrays of the same shape, got {p.shape} and {t.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("probs contain NaN or infinite values")
+    return p, t
+
+
+def _multiclass_labels(t: np.ndarray) -> np.ndarray:
+    """(N,) int class indices from (N, C) one-hot targets (rows must be complete distributions, no NaN)."""
+    if np.isnan(t).any():
+        raise ValueError("multiclass targets must not contain NaN (unknown labels exist only in multilabel mode)")
+    if t.shape[0] and (not np.allclose(t.sum(axis=1), 1.0, atol=1e-6) or (t < 0).any()):
+        raise ValueError("multiclass targets must be one-hot rows (non-negative, summing to 1)")
+    return t.argmax(axis=1)
+
+
+def _multilabel_truth(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, known), both (N, C) bool, from (N, C) multilabel targets holding 0, 1 or NaN."""
+    known = ~np.isnan(t)
+    if not np.isin(t[known], (0.0, 1.0)).all():
+        raise ValueError("multilabel targets must be 0, 1 or NaN (unknown)")
+    return t == 1.0, known
+
+
+def _ovr_truth(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, known), both (N, C) bool, for one-vs-rest use of either layout: positive = target > 0.5, NaN unknown."""
+    known = ~np.isnan(t)
+    return np.where(known, t, 0.0) > 0.5, known
+
+
+def _thresholds(thresholds: np.ndarray | None, c: int) -> np.ndarray:
+    """(C,) float thresholds; 0.5 for every class when None."""
+    if thresholds is None:
+        return np.full(c, 0.5)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if thr.shape != (c,):
+        raise ValueError(f"thresholds must have shape ({c},), got {thr.shape}")
+    return thr
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the finite entries of a 1-D array; NaN when there is none (and no RuntimeWarning)."""
+    ok = np.isfinite(values)
+    return float(values[ok].mean()) if ok.any() else NAN
+
+
+def _none_if_nan(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A copy of ``obj`` made of dicts, lists, str, int, float, bool and None only; NaN and +-inf become None.
+
+    numpy scalars become Python numbers, arrays and tuples become lists, dict keys become strings.
+    """
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return _none_if_nan(float(obj))
+    return obj
+
+
+def _first_appearance_codes(keys: Sequence[Hashable]) -> tuple[np.ndarray, list[Any]]:
+    """(codes (N,) int, unique keys in first-appearance order) with ``unique[codes[i]] == keys[i]``."""
+    index: dict[Any, int] = {}
+    codes = np.fromiter((index.setdefault(k, len(index)) for k in keys), dtype=np.int64, count=len(keys))
+    return codes, list(index)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared maths
+# ----------------------------------------------------------------------------------------------------------------
+def _ovr_auroc_ap(p: np.ndarray, truth: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class one-vs-rest AUROC and average precision, each (C,), NaN for classes lacking positives or negatives.
+
+    Args:
+        p: (N, C) scores. truth: (N, C) bool positives. known: (N, C) bool, False = masked out for that class.
+    """
+    c = p.shape[1]
+    auroc, ap = np.full(c, NAN), np.full(c, NAN)
+    n_pos = (truth & known).sum(axis=0)
+    defined = (n_pos > 0) & (n_pos < known.sum(axis=0))
+    complete = np.flatnonzero(defined & known.all(axis=0))
+    if complete.size >= 2:  # one sklearn call for all fully known columns (multilabel-indicator input, average=None)
+        y = truth[:, complete].astype(np.int64)
+        auroc[complete] = roc_auc_score(y, p[:, complete], average=None)
+        ap[complete] = average_precision_score(y, p[:, complete], average=None)
+    single = np.flatnonzero(defined) if complete.size < 2 else np.flatnonzero(defined & ~known.all(axis=0))
+    for k in single:
+        m = known[:, k]
+        auroc[k] = roc_auc_score(truth[m, k], p[m, k])
+        ap[k] = average_precision_score(truth[m, k], p[m, k])
+    return auroc, ap
+
+
+def _calibration_inputs(p: np.ndarray, t: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence (M,), outcome (M,)) for calibration.
+
+    Multiclass: M = N, confidence = max probability, outcome = 1 if the argmax is the true class.
+    Multilabel: M = number of known (image, class) pairs, confidence = the class probability, outcome = the target.
+    """
+    if multilabel:
+        truth, known = _multilabel_truth(t)
+        return p[known], truth[known].astype(np.float64)
+    labels = _multiclass_labels(t)
+    return p.max(axis=1), (p.argmax(axis=1) == labels).astype(np.float64)
+
+
+def _bin_stats(conf: np.ndarray, outcome: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, outcome sum, confidence sum), each (n_bins,), over equal-width bins ((m-1)/M, m/M] (0 in the first)."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.digitize(conf, edges[1:-1], right=True)
+    return (np.bincount(idx, minlength=n_bins), np.bincount(idx, weights=outcome, minlength=n_bins),
+            np.bincount(idx, weights=conf, minlength=n_bins))
+
+
+def _ece(conf: np.ndarray, outcome: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error sum_m |B_m| / n * |acc(B_m) - conf(B_m)| (Guo et al., 2017); NaN when n = 0."""
+    if conf.size == 0:
+        return NAN
+    _, out_sum, conf_sum = _bin_stats(conf, outcome, n_bins)
+    return float(np.abs(out_sum - conf_sum).sum() / conf.size)
+
+
+def _multiclass_scalars(p: np.ndarray, labels: np.ndarray,
+                        auroc_ap: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """accuracy, balanced_accuracy, macro_f1 (over all C classes), auroc_macro and map (over defined classes).
+
+    Args:
+        p: (N, C). labels: (N,) int. auroc_ap: the per-class (C,) AUROC and AP when already computed.
+    """
+    c = p.shape[1]
+    if labels.size == 0:
+        return dict.fromkeys(("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "map"), NAN)
+    pred = p.argmax(axis=1)
+    if auroc_ap is None:
+        truth = labels[:, None] == np.arange(c)
+        auroc_ap = _ovr_auroc_ap(p, truth, np.ones_like(truth))
+    auroc, ap = auroc_ap
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected on small sets
+        warnings.simplefilter("ignore")
+        return {"accuracy": float(accuracy_score(labels, pred)),
+                "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+                "macro_f1": float(f1_score(labels, pred, labels=list(range(c)), average="macro", zero_division=0)),
+                "auroc_macro": _nanmean(auroc),
+                "map": _nanmean(ap)}
+
+
+def _multilabel_prf(p: np.ndarray, truth: np.ndarray, known: np.ndarray,
+                    thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class (precision, recall, f1, support), each (C,); NaN (support 0) for classes with no known target.
+
+    Unknown pairs are set to target 0 and prediction 0: they become true negatives, which precision, recall and F1
+    never use, so one multilabel sklearn call gives the masked per-class values.
+    """
+    c = p.shape[1]
+    y = (truth & known).astype(np.int64)
+    pred = ((p >= thr) & known).astype(np.int64)
+    if p.shape[0] == 0:
+        prec = rec = f1 = np.zeros(c)
+        support = np.zeros(c, dtype=np.int64)
+    elif c == 1:  # a single (N, 1) column would be read as binary labels, not as a multilabel indicator
+        prec, rec, f1, support = precision_recall_fscore_support(y[:, 0], pred[:, 0], average=None, labels=[1],
+                                                                 zero_division=0)
+    else:
+        prec, rec, f1, support = precision_recall_fscore_support(y, pred, average=None, labels=list(range(c)),
+                                                                 zero_division=0)
+    none_known = ~known.any(axis=0)
+    prec, rec, f1 = (np.where(none_known, NAN, np.asarray(a, dtype=np.float64)) for a in (prec, rec, f1))
+    return prec, rec, f1, np.asarray(support, dtype=np.int64)
+
+
+def _multilabel_scalars(p: np.ndarray, t: np.ndarray, thr: np.ndarray) -> dict[str, float]:
+    """auroc_macro, map (over classes with known positives and negatives) and macro_f1 (over classes with known data)."""
+    truth, known = _multilabel_truth(t)
+    auroc, ap = _ovr_auroc_ap(p, truth, known)
+    f1 = _multilabel_prf(p, truth, known, thr)[2]
+    return {"auroc_macro": _nanmean(auroc), "map": _nanmean(ap), "macro_f1": _nanmean(f1)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------------------
+def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str], multilabel: bool = False,
+                           thresholds: np.ndarray | None = None) -> dict[str, Any]:
+    """All point metrics of a set of predictions, as a JSON-serialisable dict (None where undefined).
+
+    Args:
+        probs: (N, C) softmax (multiclass) or sigmoid (multilabel) probabilities.
+        targets: (N, C) one-hot (multiclass) or 0 / 1 / NaN = unknown (multilabel).
+        classes: C class names, the keys of ``per_class``.
+        multilabel: the layout of ``probs`` / ``targets``.
+        thresholds: (C,) per-class decision thresholds, multilabel only (default 0.5 each); a multiclass prediction
+            is always the argmax and ignores them.
+
+    Returns:
+        multiclass: ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (unweighted mean of the C per-class F1),
+        ``auroc_macro`` and ``map`` (means of the one-vs-rest AUROC / AP over the classes with both positives and
+        negatives), ``ece`` (15 bins on the max probability), ``n`` (N), ``per_class``
+        ``{class: {precision, recall, f1, support, auroc, ap}}`` and ``confusion_matrix`` (C x C list, rows = true).
+        multilabel: ``macro_f1`` (mean over classes with a known target), ``auroc_macro``, ``map``, ``ece`` (over
+        all known (image, class) pairs), ``n``, ``thresholds`` (C,) and ``per_class`` with, in addition,
+        ``n_known``. ``support`` is the number of (known) positives of the class.
+    """
+    p, t = _as_arrays(probs, targets)
+    c = p.shape[1]
+    if len(classes) != c:
+        raise ValueError(f"{len(classes)} class names for {c} probability columns")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if multilabel:
+            return _multilabel_metrics(p, t, list(classes), _thresholds(thresholds, c))
+        return _multiclass_metrics(p, t, list(classes))
+
+
+def _multiclass_metrics(p: np.ndarray, t: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    c = p.shape[1]
+    labels = _multiclass_labels(t)
+    truth = labels[:, None] == np.arange(c)
+    auroc, ap = _ovr_auroc_ap(p, truth, np.ones_like(truth))
+    scal = _multiclass_scalars(p, labels, (auroc, ap))
+    pred = p.argmax(axis=1)
+    if labels.size:
+        prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(c)), zero_division=0)
+        cm = confusion_matrix(labels, pred, labels=list(range(c)))
+    else:
+        prec = rec = f1 = np.full(c, NAN)
+        support, cm = np.zeros(c, dtype=np.int64), np.zeros((c, c), dtype=np.int64)
+    conf, correct = _calibration_inputs(p, t, multilabel=False)
+    out: dict[str, Any] = {**scal, "per_class": {
+        name: {"precision": prec[k], "recall": rec[k], "f1": f1[k], "support": int(support[k]),
+               "auroc": auroc[k], "ap": ap[k]} for k, name in enumerate(classes)},
+        "confusion_matrix": cm, "ece": _ece(conf, correct), "n": int(p.shape[0])}
+    result: dict[str, Any] = to_jsonable(out)
+    return result
+
+
+def _multilabel_metrics(p: np.ndarray, t: np.ndarray, classes: list[str], thr: np.ndarray) -> dict[str, Any]:
+    truth, known = _multilabel_truth(t)
+    auroc, ap = _ovr_auroc_ap(p, truth, known)
+    prec, rec, f1, support = _multilabel_prf(p, truth, known, thr)
+    n_known = known.sum(axis=0)
+    conf, outcome = _calibration_inputs(p, t, multilabel=True)
+    out: dict[str, Any] = {
+        "per_class": {name: {"precision": prec[k], "recall": rec[k], "f1": f1[k], "support": int(support[k]),
+                             "auroc": auroc[k], "ap": ap[k], "n_known": int(n_known[k])}
+                      for k, name in enumerate(classes)},
+        "auroc_macro": _nanmean(auroc), "map": _nanmean(ap), "macro_f1": _nanmean(f1),
+        "ece": _ece(conf, outcome), "n": int(p.shape[0]), "thresholds": thr}
+    result: dict[str, Any] = to_jsonable(out)
+    return result
+
+
+def aggregate_by_group(probs: np.ndarray, targets: np.ndarray, groups: Sequence[Hashable],
+                       multilabel: bool = False) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """Per-group (e.g. per-study) predictions: the mean probability of a group's images.
+
+    Args:
+        probs: (N, C) image probabilities. targets: (N, C) image targets. groups: N group ids.
+        multilabel: multiclass targets of a group must agree (else ValueError) and the group keeps them; multilabel
+            targets are combined with a NaN-ignoring max (a finding seen on any image counts, NaN if never known).
+
+    Returns:
+        (probs_g (G, C), targets_g (G, C), group ids (G,) in order of first appearance).
+    """
+    p, t = _as_arrays(probs, targets)
+    if len(groups) != p.shape[0]:
+        raise ValueError(f"{len(groups)} group ids for {p.shape[0]} rows")
+    codes, ids = _first_appearance_codes(groups)
+    g = len(ids)
+    sums = np.zeros((g, p.shape[1]))
+    np.add.at(sums, codes, p)
+    probs_g = sums / np.maximum(np.bincount(codes, minlength=g), 1)[:, None]
+    if multilabel:
+        targets_g = np.full((g, t.shape[1]), NAN)
+        np.fmax.at(targets_g, codes, t)  # fmax ignores NaN unless both are NaN
+        return probs_g, targets_g, ids
+    first = np.zeros(g, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]  # the last write per group is its first row
+    targets_g = t[first]
+    same = (t == targets_g[codes]) | (np.isnan(t) & np.isnan(targets_g[codes]))
+    bad = np.flatnonzero(~same.all(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"group {ids[codes[i]]!r}: row {i} has target {t[i].tolist()} but the group's first row "
+                         f"{int(first[codes[i]])} has {targets_g[codes[i]].tolist()}")
+    return probs_g, targets_g, ids
+
+
+def scalar_metrics(multilabel: bool, thresholds: np.ndarray | None = None) -> MetricFn:
+    """The function of (probs (N, C), targets (N, C)) giving the flat scalar metrics that get bootstrap CIs.
+
+    multiclass: ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``auroc_macro``, ``map``;
+    multilabel: ``auroc_macro``, ``map``, ``macro_f1`` (with ``thresholds`` (C,), default 0.5).
+    Same definitions as :func:`classification_metrics`, but floats with NaN where undefined.
+    """
+
+    def multiclass_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        p, t = _as_arrays(probs, targets)
+        return _multiclass_scalars(p, _multiclass_labels(t))
+
+    def multilabel_fn(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        p, t = _as_arrays(probs, targets)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _multilabel_scalars(p, t, _thresholds(thresholds, p.shape[1]))
+
+    return multilabel_fn if multilabel else multiclass_fn
+
+
+def _bootstrap_chunk(p: np.ndarray, t: np.ndarray, rows_by_patient: np.ndarray, count: np.ndarray, start: np.ndarray,
+                     seed: np.random.SeedSequence, n: int, metric_fn: MetricFn) -> list[dict[str, float]]:
+    """``metric_fn`` on ``n`` patient resamples drawn with ``default_rng(seed)`` (see :func:`bootstrap_ci`)."""
+    rng = np.random.default_rng(seed)
+    n_pat = count.size
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n):
+            drawn = rng.integers(0, n_pat, size=n_pat)
+            lengths = count[drawn]
+            ends = np.cumsum(lengths)
+            # position within the resample -> position within rows_by_patient, for all drawn patients at once
+            rows = rows_by_patient[np.repeat(start[drawn] - (ends - lengths), lengths) + np.arange(ends[-1])]
+            results.append(dict(metric_fn(p[rows], t[rows])))
+    return results
+
+
+def bootstrap_ci(probs: np.ndarray, targets: np.ndarray, patients: Sequence[Hashable], metric_fn: MetricFn,
+                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, n_jobs: int = 1) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals over PATIENTS.
+
+    Each resample draws P patients with replacement out of the P distinct ones (indexed in order of first
+    appearance) and takes all rows of every drawn patient, repeated as often as the patient is drawn; ``metric_fn``
+    is evaluated on those rows. Per key, resamples where the value is None or NaN are skipped; with fewer than 50 %
+    valid resamples the interval is (nan, nan).
+
+    Resamples come in chunks of ``BOOT_CHUNK``, chunk i drawing from ``default_rng(SeedSequence(seed).spawn(...)[i])``,
+    so the result depends on ``seed`` only, not on ``n_jobs``.
+
+    Args:
+        probs: (N, C). targets: (N, C). patients: N patient ids.
+        metric_fn: (probs (M, C), targets (M, C)) -> flat dict of floats, e.g. ``scalar_metrics(multilabel)``.
+        n_boot: number of resamples. seed: RNG seed. alpha: 1 - confidence level.
+        n_jobs: worker processes (joblib; -1 = all cores, ``metric_fn`` must then be picklable by cloudpickle).
+            sklearn's input validation makes a metric call cost milliseconds, so workers pay off for large n_boot.
+
+    Returns:
+        ``{key: (lower, upper)}`` at the alpha / 2 and 1 - alpha / 2 percentiles, keys in order of first appearance.
+    """
+    p, t = np.asarray(probs), np.asarray(targets)
+    if len(patients) != len(p) or len(t) != len(p):
+        raise ValueError(f"{len(p)} probability rows, {len(t)} target rows and {len(patients)} patient ids")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    codes, ids = _first_appearance_codes(patients)
+    if not ids:
+        return {}
+    rows_by_patient = np.argsort(codes, kind="stable")  # rows of patient j: rows_by_patient[start[j]:][:count[j]]
+    count = np.bincount(codes, minlength=len(ids))
+    start = np.concatenate(([0], np.cumsum(count)[:-1]))
+    sizes = [min(BOOT_CHUNK, n_boot - i) for i in range(0, n_boot, BOOT_CHUNK)]
+    seeds = np.random.SeedSequence(seed).spawn(len(sizes))
+    args = (p, t, rows_by_patient, count, start)
+    if n_jobs == 1:
+        chunks = [_bootstrap_chunk(*args, s, n, metric_fn) for s, n in zip(seeds, sizes, strict=True)]
+    else:
+        from joblib import Parallel, delayed  # scikit-learn's own dependency
+
+        chunks = Parallel(n_jobs=n_jobs)(delayed(_bootstrap_chunk)(*args, s, n, metric_fn)
+                                         for s, n in zip(seeds, sizes, strict=True))
+    values: dict[str, list[float]] = {}
+    for res in (r for chunk in chunks for r in chunk):
+        for key, val in res.items():
+            kept = values.setdefault(key, [])
+            if val is not None and math.isfinite(val):
+                kept.append(float(val))
+    out: dict[str, tuple[float, float]] = {}
+    for key, kept in values.items():
+        if len(kept) < MIN_VALID_FRACTION * n_boot:
+            out[key] = (NAN, NAN)
+        else:
+            lo, hi = np.percentile(np.asarray(kept), [100 * alpha / 2, 100 * (1 - alpha / 2)])
+            out[key] = (float(lo), float(hi))
+    return out
+
+
+def evaluate_with_ci(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str], patients: Sequence[Hashable],
+                     studies: Sequence[Hashable] | None = None, multilabel: bool = False, n_boot: int = 1000,
+                     seed: int = 0, thresholds: np.ndarray | None = None, n_jobs: int = 1) -> dict[str, Any]:
+    """Image-level (and study-level) metrics with patient-bootstrap confidence intervals, JSON-serialisable.
+
+    Args:
+        probs: (N, C). targets: (N, C). classes: C names. patients: N patient ids. studies: N study ids or None.
+        multilabel, thresholds: as in :func:`classification_metrics` (the thresholds also apply inside the CIs).
+        n_boot, seed, n_jobs: of :func:`bootstrap_ci` (95 % intervals).
+
+    Returns:
+        ``{"image": classification_metrics(...) + {"ci": {metric: [lo, hi]}}, "n_boot": n_boot}`` and, when
+        ``studies`` is given, ``"study"``: the same on :func:`aggregate_by_group` study predictions, resampling the
+        patient of each study's first image. CI bounds are None where undefined.
+    """
+    p, t = _as_arrays(probs, targets)
+    fn = scalar_metrics(multilabel, thresholds)
+
+    def level(pl: np.ndarray, tl: np.ndarray, pats: Sequence[Hashable]) -> dict[str, Any]:
+        res = classification_metrics(pl, tl, classes, multilabel, thresholds)
+        res["ci"] = to_jsonable(bootstrap_ci(pl, tl, pats, fn, n_boot=n_boot, seed=seed, n_jobs=n_jobs))
+        return res
+
+    out: dict[str, Any] = {"image": level(p, t, patients)}
+    if studies is not None:
+        if len(studies) != len(patients):
+            raise ValueError(f"{len(studies)} study ids for {len(patients)} patient ids")
+        p_s, t_s, study_ids = aggregate_by_group(p, t, studies, multilabel=multilabel)
+        first_patient: dict[Any, Any] = {}
+        for s, pat in zip(studies, patients, strict=True):
+            first_patient.setdefault(s, pat)
+        out["study"] = level(p_s, t_s, [first_patient[s] for s in study_ids])
+    out["n_boot"] = n_boot
+    return out
+
+
+def choose_thresholds(probs: np.ndarray, targets: np.ndarray, method: str = "youden",
+                      target_sensitivity: float = 0.9) -> np.ndarray:
+    """Per-class one-vs-rest operating points, to be chosen on VALIDATION data (roc_curve, prediction = p >= thr).
+
+    Args:
+        probs: (N, C). targets: (N, C), one-hot (multiclass) or 0 / 1 / NaN (multilabel; NaN masked per class).
+        method: ``"youden"``: the threshold maximising TPR - FPR (the highest one on ties); ``"sensitivity"``: the
+            highest threshold whose TPR >= ``target_sensitivity``.
+        target_sensitivity: in (0, 1], for ``"sensitivity"``.
+
+    Returns:
+        (C,) thresholds; 0.5 for classes without both (known) positives and negatives.
+    """
+    if method not in ("youden", "sensitivity"):
+        raise ValueError(f"method must be 'youden' or 'sensitivity', got {method!r}")
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
+    p, t = _as_arrays(probs, targets)
+    truth, known = _ovr_truth(t)
+    out = np.full(p.shape[1], 0.5)
+    for k in range(p.shape[1]):
+        m = known[:, k]
+        y = truth[m, k]
+        if not 0 < y.sum() < y.size:
+            continue
+        fpr, tpr, thr = roc_curve(y, p[m, k], drop_intermediate=False)
+        finite = np.isfinite(thr)  # thr[0] is +inf (nothing predicted positive)
+        fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]
+        # thresholds decrease along the curve: argmax takes the first = highest qualifying threshold
+        i = int(np.argmax(tpr - fpr)) if method == "youden" else int(np.argmax(tpr >= target_sensitivity - 1e-12))
+        out[k] = float(thr[i])
+    return out
+
+
+def _downsample(a: np.ndarray, b: np.ndarray, max_points: int) -> tuple[list[float], list[float]]:
+    """At most ``max_points`` evenly spaced points of two (L,) arrays, first and last always kept."""
+    if a.size > max_points:
+        idx = np.unique(np.linspace(0, a.size - 1, max_points).round().astype(np.int64))
+        a, b = a[idx], b[idx]
+    return [float(x) for x in a], [float(x) for x in b]
+
+
+def curves(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str],
+           max_points: int = MAX_CURVE_POINTS) -> dict[str, dict[str, list[float]]]:
+    """Per-class one-vs-rest ROC and precision-recall curves for plotting (NaN targets masked).
+
+    Args:
+        probs: (N, C). targets: (N, C), one-hot or 0 / 1 / NaN. classes: C names.
+        max_points: most points per curve (evenly spaced subsample).
+
+    Returns:
+        ``{class: {"fpr", "tpr", "precision", "recall"}}``, lists of <= ``max_points`` floats; all empty for a class
+        without both (known) positives and negatives.
+    """
+    p, t = _as_arrays(probs, targets)
+    if len(classes) != p.shape[1]:
+        raise ValueError(f"{len(classes)} class names for {p.shape[1]} probability columns")
+    truth, known = _ovr_truth(t)
+    out: dict[str, dict[str, list[float]]] = {}
+    for k, name in enumerate(classes):
+        m = known[:, k]
+        y = truth[m, k]
+        if not 0 < y.sum() < y.size:
+            out[name] = {"fpr": [], "tpr": [], "precision": [], "recall": []}
+            continue
+        fpr, tpr, _ = roc_curve(y, p[m, k])
+        precision, recall, _ = precision_recall_curve(y, p[m, k])
+        fpr_l, tpr_l = _downsample(fpr, tpr, max_points)
+        prec_l, rec_l = _downsample(precision, recall, max_points)
+        out[name] = {"fpr": fpr_l, "tpr": tpr_l, "precision": prec_l, "recall": rec_l}
+    return out
+
+
+def reliability(probs: np.ndarray, targets: np.ndarray, multilabel: bool = False,
+                n_bins: int = ECE_BINS) -> dict[str, list[float | None]]:
+    """Reliability-diagram data, with the binning of the ECE of :func:`classification_metrics`.
+
+    Args:
+        probs: (N, C). targets: (N, C), one-hot (multiclass) or 0 / 1 / NaN (multilabel).
+        multilabel: binary calibration over the known (image, class) pairs instead of max-probability calibration.
+        n_bins: equal-width bins on [0, 1].
+
+    Returns:
+        ``centres``, ``accuracy`` (fraction correct, or of positives when multilabel), ``confidence`` (mean
+        predicted probability) and ``count``: lists of length ``n_bins``; accuracy / confidence None for empty bins.
+    """
+    p, t = _as_arrays(probs, targets)
+    conf, outcome = _calibration_inputs(p, t, multilabel)
+    count, out_sum, conf_sum = _bin_stats(conf, outcome, n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    safe = np.maximum(count, 1)
+    return {"centres": [float(x) for x in (edges[:-1] + edges[1:]) / 2],
+            "accuracy": [float(a) if n else None for a, n in zip(out_sum / safe, count, strict=True)],
+            "confidence": [float(c) if n else None for c, n in zip(conf_sum / safe, count, strict=True)],
+            "count": [int(n) for n in count]}
+
+
+__all__ = [
+    "BOOT_CHUNK",
+    "ECE_BINS",
+    "MAX_CURVE_POINTS",
+    "MetricFn",
+    "aggregate_by_group",
+    "bootstrap_ci",
+    "choose_thresholds",
+    "classification_metrics",
+    "curves",
+    "evaluate_with_ci",
+    "reliability",
+    "scalar_metrics",
+    "to_jsonable",
+]

@@ -1,0 +1,109 @@
+"""The self-contained HTML report: metrics with CIs, plots, localization and a Grad-CAM gallery."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import deeppneumonia.evaluation.metrics as M
+from deeppneumonia.evaluation import plots
+from deeppneumonia.predictor import Predictor
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.figs img{margin:4px;border:1px solid #ddd}
+.gallery figure{display:inline-block;margin:4px}.gallery img{width:192px;image-rendering:pixelated}
+.note{color:#666;font-size:90%}"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def _ci(ci: dict[str, Any], key: str) -> str:
+    lo_hi = ci.get(key)
+    if not lo_hi or lo_hi[0] is None or (isinstance(lo_hi[0], float) and np.isnan(lo_hi[0])):
+        return ""
+    return f" <span class=note>[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]</span>"
+
+
+def _summary_table(levels: dict[str, dict[str, Any]]) -> str:
+    keys = ["accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "map", "ece"]
+    head = "".join(f"<th>{k}</th>" for k in keys)
+    rows = []
+    for level, m in levels.items():
+        cells = "".join(f"<td>{_fmt(m.get(k))}{_ci(m.get('ci', {}), k)}</td>" for k in keys if True)
+        rows.append(f"<tr><td>{level} (n={m.get('n')})</td>{cells}</tr>")
+    return f"<table><tr><th>level</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _per_class(m: dict[str, Any]) -> str:
+    keys = ["precision", "recall", "f1", "auroc", "ap", "support"]
+    rows = "".join(f"<tr><td>{html.escape(c)}</td>{''.join(f'<td>{_fmt(v.get(k))}</td>' for k in keys)}</tr>"
+                   for c, v in m.get("per_class", {}).items())
+    return f"<table><tr><th>class</th>{''.join(f'<th>{k}</th>' for k in keys)}</tr>{rows}</table>"
+
+
+def _localization(loc: dict[str, Any]) -> str:
+    if not loc:
+        return "<p class=note>No image of this split has lesion boxes: localization not scored.</p>"
+    overall = loc.get("overall", loc)
+    keys = [k for k in overall if k != "n"]
+    rows = [f"<tr><td>all (n={overall.get('n')})</td>{''.join(f'<td>{_fmt(overall[k])}</td>' for k in keys)}</tr>"]
+    for label, vals in loc.get("per_label", {}).items():
+        rows.append(f"<tr><td>{html.escape(label)} (n={vals.get('n')})</td>"
+                    f"{''.join(f'<td>{_fmt(vals.get(k))}</td>' for k in keys)}</tr>")
+    return f"<table><tr><th>images</th>{''.join(f'<th>{k}</th>' for k in keys)}</tr>{''.join(rows)}</table>"
+
+
+def write_report(path: Path, result: dict[str, Any], pred: Predictor, probs: np.ndarray, targets: np.ndarray,
+                 gallery: Sequence[tuple[str, Any]], run_dir: Path) -> None:
+    classes = pred.classes
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>deeppneumonia evaluation</title>"
+             f"<style>{CSS}</style></head><body><h1>Evaluation report</h1>",
+             f"<p>checkpoint <code>{html.escape(result['checkpoint'])}</code><br>data <code>{html.escape(result['data'])}"
+             f"</code>, split <b>{html.escape(result['split'])}</b>: {result['images']} images of {result['patients']} "
+             f"patients.<br><span class=note>95 % confidence intervals from {result.get('n_boot')} bootstrap resamples "
+             "of patients. Metrics are computed only on the images listed here.</span></p>",
+             "<h2>Summary</h2>", _summary_table({k: result[k] for k in ("image", "study") if k in result}),
+             "<h2>Per class (image level)</h2>", _per_class(result["image"])]
+    figs = []
+    if len(probs):
+        roc, pr = plots.roc_pr(M.curves(probs, targets, classes))
+        figs += [_img(roc, "ROC"), _img(pr, "PR")]
+        if "confusion_matrix" in result["image"]:
+            figs.append(_img(plots.confusion(result["image"]["confusion_matrix"], classes), "confusion matrix"))
+        figs.append(_img(plots.reliability(M.reliability(probs, targets, pred.multilabel)), "reliability"))
+    parts += ["<h2>Curves</h2><div class=figs>", *figs, "</div>"]
+    curves = plots.training_curves(run_dir)
+    if curves:
+        parts += ["<h2>Training</h2><div class=figs>", *[_img(png, t) for t, png in curves], "</div>"]
+    parts += ["<h2>Localization of Grad-CAM (true class) against the lesion boxes</h2>",
+              "<p class=note>pointing: the heatmap maximum falls in a box; energy: share of heatmap mass inside the "
+              "boxes; tiou@t: a box around a thresholded heatmap region overlaps a lesion box with IoU &ge; t.</p>",
+              _localization(result.get("localization_gradcam", {}))]
+    if gallery:
+        parts.append("<h2>Gallery</h2><p class=note>Grad-CAM of the predicted class; green: radiologists' boxes."
+                     "</p><div class=gallery>")
+        for name, pic in gallery:
+            buf = io.BytesIO()
+            pic.save(buf, format="PNG")
+            parts.append(f"<figure>{_img(buf.getvalue(), name)}<figcaption class=note>{html.escape(name)}"
+                         "</figcaption></figure>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts))

@@ -1,0 +1,147 @@
+"""`deeppneumonia evaluate`: score a saved classifier on a data set and write a run folder.
+
+Writes ``metrics.json`` (image- and study-level metrics with patient-bootstrap 95 % CIs, Grad-CAM
+localization against the boxes), ``predictions.csv`` and a self-contained ``report.html``.
+Never imports training code: it needs only the checkpoint and the data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import deeppneumonia.evaluation.metrics as M
+from deeppneumonia.checkpoint import write_json
+from deeppneumonia.data.batches import CachedSplit
+from deeppneumonia.data.cache import build_cache
+from deeppneumonia.data.manifest import Box
+from deeppneumonia.data.sources import load_source
+from deeppneumonia.errors import DataError
+from deeppneumonia.evaluation.localization import localization_scores, summarize_localization
+from deeppneumonia.explain import gradcam, overlay
+from deeppneumonia.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+
+
+def select_split(checkpoint: Path, image_ids: list[str], split: str) -> tuple[np.ndarray, str]:
+    """Record indices to score. ``auto``: the run's test part when the checkpoint's run folder has a
+    split.json naming these images, else every image. ``test``/``val``/``train`` require that split.json."""
+    all_idx = np.arange(len(image_ids))
+    if split == "all":
+        return all_idx, "all"
+    split_file = checkpoint.resolve().parent.parent / "split.json"
+    parts = json.loads(split_file.read_text()) if split_file.is_file() else None
+    if parts is None:
+        if split == "auto":
+            return all_idx, "all"
+        raise DataError(f"--split {split} needs {split_file} (written by a training run); use --split all")
+    part = "test" if split == "auto" else split
+    wanted = set(parts.get(part, []))
+    idx = np.asarray([i for i, r in enumerate(image_ids) if r in wanted], dtype=np.int64)
+    if split == "auto" and idx.size == 0:
+        return all_idx, "all"
+    if idx.size == 0:
+        raise DataError(f"none of the {part} images of {split_file} are in this data set")
+    return idx, part
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str | Path, source: str = "auto",
+                        split: str = "auto", cache_dir: str | Path = "~/.cache/deeppneumonia", n_boot: int = 1000,
+                        gradcam_layer: str = "layer4", max_cam_images: int = 300, gallery_per_class: int = 3,
+                        device: str = "auto", progress: bool = True) -> EvalResult:
+    checkpoint, out = Path(checkpoint), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = Predictor.from_checkpoint(checkpoint, device)
+    manifest = load_source(data, source)
+    if tuple(manifest.classes) != tuple(pred.classes):
+        raise DataError(f"the data's classes {manifest.classes} differ from the model's {pred.classes}")
+    idx, part = select_split(checkpoint, [r.image_id for r in manifest.records], split)
+    prep = pred.meta["preprocessing"]
+    cache = build_cache(manifest, prep["size"], cache_dir, prep["resize"], progress=progress)
+    subset = CachedSplit(cache, idx)
+    probs_l, batches = [], []
+    for batch in subset.iterate(64):
+        probs_l.append(pred.probabilities(pred.preprocess_uint8(batch.images)))
+        batches.append(batch.index.numpy())
+    probs = np.concatenate(probs_l) if probs_l else np.zeros((0, len(pred.classes)))
+    order = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+    recs = [manifest.records[int(i)] for i in order]
+    targets = np.asarray([r.target for r in recs], dtype=np.float64)
+    result = M.evaluate_with_ci(probs, targets, pred.classes, [r.patient_id for r in recs],
+                                [r.study_id for r in recs], multilabel=pred.multilabel, n_boot=n_boot)
+    result.update({"checkpoint": str(checkpoint), "data": str(data), "split": part, "images": len(recs),
+                   "patients": len({r.patient_id for r in recs}), "skipped_problems": len(manifest.problems)})
+    loc, gallery = _explain(pred, cache, order, probs, targets, gradcam_layer, max_cam_images, gallery_per_class)
+    result["localization_gradcam"] = loc
+    write_json(out / "metrics.json", result)
+    _write_predictions(out / "predictions.csv", recs, probs, pred)
+    from deeppneumonia.evaluation.report import write_report
+
+    run_dir = checkpoint.resolve().parent.parent
+    write_report(out / "report.html", result, pred, probs, targets, gallery, run_dir)
+    for name, pic in gallery:
+        pic.save(out / f"{name}.png")
+    log.info("evaluation written to %s", out)
+    return EvalResult(out, result)
+
+
+def _write_predictions(path: Path, recs: list[Any], probs: np.ndarray, pred: Predictor) -> None:
+    labels = pred.labels(probs)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_id", "patient_id", "study_id", *[f"p_{c}" for c in pred.classes], "label", "prediction"])
+        for r, p, lab in zip(recs, probs, labels, strict=True):
+            truth = [c for c, t in zip(pred.classes, r.target, strict=True) if t == 1]
+            w.writerow([r.image_id, r.patient_id, r.study_id, *[f"{v:.5f}" for v in p], "|".join(truth), "|".join(lab)])
+
+
+def _explain(pred: Predictor, cache: Any, order: np.ndarray, probs: np.ndarray, targets: np.ndarray, layer: str,
+             max_images: int, per_class: int) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Grad-CAM of the true class on boxed images, scored against the boxes; and a gallery of cases."""
+    boxed = [k for k, i in enumerate(order) if cache.manifest.records[int(i)].boxes][:max_images]
+    scores, labels = [], []
+    for start in range(0, len(boxed), 32):
+        ks = boxed[start:start + 32]
+        x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
+        cls = [int(np.nanargmax(targets[k])) for k in ks]
+        maps = gradcam(pred.model, x, cls, layer)
+        for k, c, heat in zip(ks, cls, maps, strict=True):
+            boxes = [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]
+            scores.append(localization_scores(heat, boxes))
+            labels.append(pred.classes[c])
+    loc = summarize_localization(scores, labels) if scores else {}
+    gallery: list[tuple[str, Any]] = []
+    if len(order):
+        truth = targets.argmax(1) if not pred.multilabel else np.nan_to_num(targets).argmax(1)
+        guess = probs.argmax(1)
+        for c, name in enumerate(pred.classes):
+            for kind, sel in (("correct", (truth == c) & (guess == c)), ("wrong", (truth == c) & (guess != c))):
+                picks = np.flatnonzero(sel)[:per_class]
+                if picks.size == 0:
+                    continue
+                x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in picks]))[:, None])
+                maps = gradcam(pred.model, x, [int(guess[k]) for k in picks], layer)
+                for n, (k, heat) in enumerate(zip(picks, maps, strict=True)):
+                    rec_i = int(order[k])
+                    caption = f"true {name[:16]} | pred {pred.classes[int(guess[k])][:16]} {probs[k].max():.2f}"
+                    pic = overlay(cache.images[rec_i], heat, cache.boxes(rec_i), caption=caption)
+                    safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+                    gallery.append((f"gallery_{safe}_{kind}_{n}", pic))
+    return loc, gallery
+
+
+__all__ = ["Box", "EvalResult", "evaluate_checkpoint", "select_split"]
