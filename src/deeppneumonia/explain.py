@@ -61,7 +61,7 @@ def overlay(image: np.ndarray, heat: np.ndarray | None, boxes: Sequence[Box] = (
     """RGB picture: the grey radiograph, the heatmap blended over it, ground-truth boxes in green,
     predicted boxes in dashed-looking yellow. ``image`` (H, W) in [0, 1] or uint8; ``heat`` (H, W) in [0, 1]."""
     grey = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255).astype(np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    rgb: np.ndarray = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     if heat is not None:
         if heat.shape != grey.shape:
             heat = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize(grey.shape[::-1]))

@@ -62,7 +62,7 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
     return _png(fig)
 
 
-def reliability(rel: dict[str, list[float]]) -> bytes:
+def reliability(rel: dict[str, list[float | None]]) -> bytes:
     fig, ax = _fig()
     centres = np.asarray(rel["centres"], dtype=float)
     acc = np.asarray([np.nan if a is None else a for a in rel["accuracy"]], dtype=float)

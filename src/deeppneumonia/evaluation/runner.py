@@ -81,8 +81,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
     order = np.concatenate(batches) if batches else np.zeros(0, np.int64)
     recs = [manifest.records[int(i)] for i in order]
     targets = np.asarray([r.target for r in recs], dtype=np.float64)
-    result = M.evaluate_with_ci(probs, targets, pred.classes, [r.patient_id for r in recs],
-                                [r.study_id for r in recs], multilabel=pred.multilabel, n_boot=n_boot)
+    studies: list[str] | None = [r.study_id for r in recs]
+    try:
+        M.aggregate_by_group(probs, targets, studies or [], multilabel=pred.multilabel)
+    except ValueError as exc:
+        log.warning("no study-level metrics: %s", exc)
+        studies = None
+    result = M.evaluate_with_ci(probs, targets, pred.classes, [r.patient_id for r in recs], studies,
+                                multilabel=pred.multilabel, n_boot=n_boot)
     result.update({"checkpoint": str(checkpoint), "data": str(data), "split": part, "images": len(recs),
                    "patients": len({r.patient_id for r in recs}), "skipped_problems": len(manifest.problems)})
     loc, gallery = _explain(pred, cache, order, probs, targets, gradcam_layer, max_cam_images, gallery_per_class)

@@ -7,7 +7,7 @@ Columns (header names exact; only ``path`` and one of ``label``/``labels`` are r
   an empty cell means no finding). For multi-label, per-class columns may instead be given through the
   ``classes`` argument: each such column holds 1, 0 or empty/``nan`` (= unknown, masked out).
 - ``patient_id`` (default: the path: each image its own patient, reported as a warning),
-  ``study_id`` (default: the patient id).
+  ``study_id`` (default: the image itself: one image per study).
 - ``boxes``: JSON list of ``[x, y, w, h]`` in the stored image's pixels, e.g. ``[[10, 20, 30, 40]]``.
 
 Class order is ``classes`` when given (labels outside it are reported and skipped), else sorted names.
@@ -103,7 +103,7 @@ def load_generic_csv(csv_path: Path, plog: ProblemLog, classes: Sequence[str] | 
         boxes = [b for b in (validate_box(b, info.width, info.height, plog, csv_path, row_no) for b in raw_boxes)
                  if b is not None]
         patient = row.get("patient_id") or row["path"]
-        records.append(Record(row["path"], path, patient, row.get("study_id") or patient, target, tuple(boxes),
+        records.append(Record(row["path"], path, patient, row.get("study_id") or row["path"], target, tuple(boxes),
                               info.width, info.height, str(csv_path), row_no))
     if records and not any(row.get("patient_id") for _, row, _ in rows):
         plog.add("no_patient_id", "no patient_id column: each image is its own patient, so splits cannot keep "

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from deeppneumonia.cli import main
+from deeppneumonia.errors import DataError
+from deeppneumonia.evaluation.runner import evaluate_checkpoint, select_split
+from deeppneumonia.pipeline import PreparedData
+from tests.test_explain import trained_lesion_run  # noqa: F401  (session fixture)
+
+
+def test_evaluate_on_held_out_patients(trained_lesion_run: tuple[Path, PreparedData], tmp_path: Path) -> None:  # noqa: F811
+    run, data = trained_lesion_run
+    csv_path = Path(data.manifest.root) / "labels.csv"
+    res = evaluate_checkpoint(run / "train" / "model.safetensors", csv_path, tmp_path / "ev",
+                              cache_dir=tmp_path / "cache", n_boot=200, device="cpu", progress=False)
+    m = res.metrics
+    test_ids = set(json.loads((run / "split.json").read_text())["test"])
+    assert m["split"] == "test" and m["images"] == len(test_ids)  # only images the model never trained on
+    for level in ("image", "study"):
+        for key in ("accuracy", "macro_f1", "auroc_macro"):
+            lo, hi = m[level]["ci"][key]
+            assert lo <= m[level][key] <= hi
+    assert "overall" in m["localization_gradcam"]
+    with (tmp_path / "ev" / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["image_id"] for r in rows} == test_ids
+    assert set(rows[0]) >= {"patient_id", "study_id", "p_clear", "p_lesion", "label", "prediction"}
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5
+    assert "Gallery" in html and "Summary" in html
+    assert list((tmp_path / "ev").glob("gallery_*.png"))
+
+
+def test_split_selection_rules(trained_lesion_run: tuple[Path, PreparedData]) -> None:  # noqa: F811
+    run, data = trained_lesion_run
+    ids = [r.image_id for r in data.manifest.records]
+    idx, part = select_split(run / "train" / "model.safetensors", ids, "auto")
+    assert part == "test" and 0 < len(idx) < len(ids)
+    assert select_split(run / "train" / "model.safetensors", ["other"], "auto")[1] == "all"
+    with pytest.raises(DataError):
+        select_split(Path("/nowhere/x/model.safetensors"), ids, "test")
+
+
+def test_cli_evaluate_and_explain(trained_lesion_run: tuple[Path, PreparedData], tmp_path: Path,  # noqa: F811
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run, data = trained_lesion_run
+    ckpt = str(run / "train" / "model.safetensors")
+    csv_path = str(Path(data.manifest.root) / "labels.csv")
+    assert main(["-q", "evaluate", "--checkpoint", ckpt, "--data", csv_path, "--out", str(tmp_path / "e"),
+                 "--n-boot", "50", "--cache-dir", str(tmp_path / "c"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "image: accuracy" in out and "report:" in out
+    img = str(data.manifest.records[1].path)
+    assert main(["-q", "explain", "--checkpoint", ckpt, img, "--out", str(tmp_path / "x"), "--device", "cpu"]) == 0
+    assert list((tmp_path / "x").glob("*_gradcam.png"))
