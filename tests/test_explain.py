@@ -38,7 +38,8 @@ def test_gradcam_peaks_inside_the_lesion_box(trained_lesion_run: tuple[Path, Pre
     assert pred.model.training
     assert not pred.model.layer3._forward_hooks and not pred.model.layer3._backward_hooks  # hooks released
     assert heat.shape == (len(boxed), 128, 128) and heat.min() >= 0 and heat.max() <= 1
-    scores = [localization_scores(h, [(b.x, b.y, b.w, b.h) for b in data.cache.boxes(i)]) for h, i in zip(heat, boxed)]
+    scores = [localization_scores(h, [(b.x, b.y, b.w, b.h) for b in data.cache.boxes(i)])
+              for h, i in zip(heat, boxed, strict=True)]
     pointing = np.mean([s["pointing"] for s in scores])
     energy = np.mean([s["energy"] for s in scores])
     area = np.mean([sum(b.w * b.h for b in data.cache.boxes(i)) / 128**2 for i in boxed])
