@@ -60,3 +60,23 @@ def test_geometry_maps_corners(mode: str) -> None:
         assert (b.x, b.y, b.w, b.h) == (0, 0, 50, 50)
     else:
         assert (b.x, b.w) == (0, 50) and b.h == 25 and b.y == pytest.approx(12)
+
+
+def test_mixed_formats_in_a_folder_layout_are_cached(tmp_path: Path) -> None:
+    """DICOM (MONOCHROME1, 12-bit), 16-bit PNG and RGB JPEG side by side, as a hospital export may hold."""
+    from PIL import Image
+
+    from tests.data.test_imageio import _dicom_dataset, _ramp12, _save_dicom
+
+    root = tmp_path / "mixed"
+    (root / "A").mkdir(parents=True)
+    (root / "B").mkdir()
+    _save_dicom(_dicom_dataset(_ramp12(32, 32), photometric="MONOCHROME1"), root / "A" / "scan.dcm")
+    Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)).save(root / "A" / "deep.png")
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(root / "B" / "colour.jpg")
+    m = load_source(root)
+    assert len(m) == 3 and [p.kind for p in m.problems] == ["no_patient_id"]
+    cache = build_cache(m, 16, tmp_path / "cache", workers=1, progress=False)
+    assert cache.valid.all()
+    dcm = cache.images[[r.image_id for r in m.records].index("A/scan.dcm")].astype(int)
+    assert dcm[0, 0] > dcm[-1, -1]  # MONOCHROME1: the low raw values are drawn bright
