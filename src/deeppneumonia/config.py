@@ -123,6 +123,7 @@ class RunConfig:
     compile: bool = False
     threads: int = 0  # torch CPU threads; 0 = leave the default
     progress: bool = True
+    checkpoint_minutes: float = 10.0  # also save resumable state within an epoch this often
 
 
 @dataclass(frozen=True)

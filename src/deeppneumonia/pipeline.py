@@ -39,7 +39,7 @@ from deeppneumonia.training.supervised import SupervisedTask
 log = logging.getLogger(__name__)
 
 # Keys that may differ when a run folder is reused (they do not change what is computed).
-_VOLATILE = {("run", "progress"), ("run", "threads"), ("run", "device")}
+_VOLATILE = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "checkpoint_minutes")}
 
 
 def resolve_data_path(path: str) -> Path:
@@ -118,7 +118,8 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     data = data or prepare_data(cfg, cfg.run.progress)
     rt = _runtime(cfg)
     task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass")
-    return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress)
+    return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress,
+               cfg.run.checkpoint_minutes)
 
 
 def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
@@ -138,7 +139,8 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
             log.warning("encoder was pre-trained at %s px, training at %s px", meta.get("size"), cfg.data.size)
     m = data.manifest
     task = SupervisedTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder)
-    result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress)
+    result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress,
+                 cfg.run.checkpoint_minutes)
     store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")
     return evaluate_test(cfg, data, rt, run_dir, result)
 

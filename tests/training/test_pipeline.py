@@ -111,3 +111,32 @@ def test_table1_switches_and_config_guard(tmp_path: Path, lesion_data: Path) -> 
 def test_pretrained_encoder_must_exist(tmp_path: Path, lesion_data: Path) -> None:
     with pytest.raises(ConfigError, match="run `deeppneumonia pretrain` first"):
         run_train(tiny_config(tmp_path, lesion_data))
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path: Path, lesion_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["train.pretrained=false", "train.optim.epochs=2", "run.checkpoint_minutes=0"]  # save after every step
+    run_train(tiny_config(tmp_path / "a", lesion_data, *base))
+    killed = tiny_config(tmp_path / "b", lesion_data, *base)
+    original = SupervisedTask.training_step
+    calls = {"n": 0}
+
+    def dying_step(self: SupervisedTask, batch, g):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, second step (3 steps an epoch)
+            raise KeyboardInterrupt
+        return original(self, batch, g)
+
+    monkeypatch.setattr(SupervisedTask, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(killed)
+    state = load_state(tmp_path / "b" / "run" / "train" / "last.pt")
+    assert state["epoch"] == 0 and state["partial"]["step"] == 1
+    monkeypatch.setattr(SupervisedTask, "training_step", original)
+    run_train(killed)
+    a = load_state(tmp_path / "a" / "run" / "train" / "last.pt")
+    b = load_state(tmp_path / "b" / "run" / "train" / "last.pt")
+    for k, v in a["modules"]["model"].items():
+        assert torch.allclose(v.float(), b["modules"]["model"][k].float(), atol=1e-5), k
+    ha = [json.loads(line) for line in (tmp_path / "a" / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    hb = [json.loads(line) for line in (tmp_path / "b" / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["train_loss"] for h in ha] == pytest.approx([h["train_loss"] for h in hb], rel=1e-5)

@@ -4,12 +4,14 @@ A task is a small object (see :class:`Task`) that owns its modules, yields its b
 of named losses for a batch ("loss" is what is optimised), validates, and saves its best artefact. The
 loop does the rest: SGD with warm-up + schedule, mixed precision, progress bar, metrics.jsonl and
 TensorBoard, best checkpoint by a chosen metric, and resuming from ``last.pt`` after a kill.
-Resuming is at epoch granularity: each epoch's shuffling and augmentation are seeded by (seed, epoch),
-so a resumed run computes the same epochs an uninterrupted one would.
+Each epoch's shuffling and augmentation are seeded by (seed, epoch), and ``last.pt`` is written after every
+epoch and every ``checkpoint_minutes`` within one (with the step reached and the augmentation generator's
+state), so a killed run resumes mid-epoch and computes exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -66,7 +68,7 @@ class FitResult:
 
 
 def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, checkpoint_minutes: float = 10.0) -> FitResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     modules = task.modules()
     for m in modules.values():
@@ -80,6 +82,7 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
     scaler = torch.amp.GradScaler(enabled=rt.dtype == torch.float16)
 
     start, best, best_epoch, history = 0, -math.inf, -1, []
+    partial: dict[str, Any] | None = None
     last = run_dir / "last.pt"
     if last.is_file():
         state = load_state(last)
@@ -87,9 +90,18 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
             m.load_state_dict(state["modules"][name])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler", {}))
         start, best, best_epoch = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"])
         history = json.loads(state["history"])
-        log.info("%s: resuming from %s after epoch %d", task.name, last, start - 1)
+        partial = state.get("partial")
+        where = f"epoch {start}, step {partial['step']}" if partial else f"the end of epoch {start}"
+        log.info("%s: resuming from %s at %s", task.name, last, where)
+
+    def save(epoch_done: int, part: dict[str, Any] | None = None) -> None:
+        save_state(last, {"modules": {k: m.state_dict() for k, m in modules.items()},
+                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "scaler": scaler.state_dict(), "epoch": epoch_done, "best": best,
+                          "best_epoch": best_epoch, "history": json.dumps(history), "partial": part})
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -102,8 +114,16 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                 m.train()
             g = torch.Generator().manual_seed(seed * 100_003 + epoch)
             sums: dict[str, float] = {}
-            n = 0
-            bar = tqdm(task.train_batches(epoch), total=steps, desc=f"{task.name} {epoch + 1}/{cfg.epochs}",
+            n, skip, elapsed_before = 0, 0, 0.0
+            if partial is not None:  # resume inside this epoch: same batches, same random draws
+                g.set_state(partial["generator"])
+                n = skip = int(partial["step"])
+                sums = json.loads(partial["sums"])
+                elapsed_before = float(partial["seconds"])
+                partial = None
+            last_save = time.perf_counter()
+            batches = itertools.islice(task.train_batches(epoch), skip, None)
+            bar = tqdm(batches, total=steps, initial=skip, desc=f"{task.name} {epoch + 1}/{cfg.epochs}",
                        disable=not progress, leave=False)
             for batch in bar:
                 with rt.autocast():
@@ -122,11 +142,15 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-            train_time = time.perf_counter() - t0
+                if time.perf_counter() - last_save > checkpoint_minutes * 60 and n < steps:
+                    save(epoch - 1, {"step": n, "generator": g.get_state(), "sums": json.dumps(sums),
+                                     "seconds": elapsed_before + time.perf_counter() - t0})
+                    last_save = time.perf_counter()
+            train_time = elapsed_before + time.perf_counter() - t0
             val = task.validate()
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
                                       "train_seconds": round(train_time, 2),
-                                      "images_per_second": round(n and n * _batch_images(task) / train_time, 1)}
+                                      "images_per_second": round((n - skip) * _batch_images(task) / max(train_time - elapsed_before, 1e-9), 1)}
             record.update({f"train_{k}": v / max(n, 1) for k, v in sums.items()})
             record.update({f"val_{k}": v for k, v in val.items()})
             history.append(record)
@@ -144,9 +168,7 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                      record.get("train_loss", float("nan")),
                      ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)),
                      " (best)" if improved else "")
-            save_state(last, {"modules": {k: m.state_dict() for k, m in modules.items()},
-                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                              "best": best, "best_epoch": best_epoch, "history": json.dumps(history)})
+            save(epoch)
     finally:
         writer.close()
     return FitResult(best, best_epoch, len(history), time.perf_counter() - t_start, history)
