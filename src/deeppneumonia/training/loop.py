@@ -148,9 +148,10 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                     last_save = time.perf_counter()
             train_time = elapsed_before + time.perf_counter() - t0
             val = task.validate()
+            rate = (n - skip) * _batch_images(task) / max(train_time - elapsed_before, 1e-9)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
                                       "train_seconds": round(train_time, 2),
-                                      "images_per_second": round((n - skip) * _batch_images(task) / max(train_time - elapsed_before, 1e-9), 1)}
+                                      "images_per_second": round(rate, 1)}
             record.update({f"train_{k}": v / max(n, 1) for k, v in sums.items()})
             record.update({f"val_{k}": v for k, v in val.items()})
             history.append(record)
