@@ -147,6 +147,20 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from deeppneumonia.experiments import ablation_markdown, run_ablation
+
+    overrides = list(args.overrides) + (["run.progress=false"] if args.quiet else [])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_ablation(args.config, overrides, args.seeds, out)
+    command = "deeppneumonia ablate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["ablate"] else "deeppneumonia ablate"
+    table = ablation_markdown(summary, command)
+    (out / "table1.md").write_text(table)
+    print(table)
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
     p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
@@ -187,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole job: inspect, cache, Stage I, Stage II, test metrics")
     _add_config_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("ablate", help="the paper's Table I: five rows x seeds on one patient split, markdown table")
+    _add_config_args(p, default="siim-cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="runs/ablation")
+    p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")

@@ -30,7 +30,7 @@ from deeppneumonia.data.sources import load_source
 from deeppneumonia.data.splits import Split, patient_split
 from deeppneumonia.device import Runtime, resolve_runtime, seed_everything
 from deeppneumonia.errors import ConfigError, DataError
-from deeppneumonia.evaluation.metrics import scalar_metrics
+from deeppneumonia.evaluation.metrics import aggregate_by_group, scalar_metrics, to_jsonable
 from deeppneumonia.inference import predict_split
 from deeppneumonia.training.loop import FitResult, fit
 from deeppneumonia.training.simclr import SimCLRTask
@@ -116,6 +116,7 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     run_dir = open_run(cfg)
     seed_everything(cfg.run.seed)
     data = data or prepare_data(cfg, cfg.run.progress)
+    write_split(data, run_dir)
     rt = _runtime(cfg)
     task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass")
     return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress,
@@ -127,6 +128,7 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
     run_dir = open_run(cfg)
     seed_everything(cfg.run.seed + 1)
     data = data or prepare_data(cfg, cfg.run.progress)
+    write_split(data, run_dir)
     rt = _runtime(cfg)
     encoder = None
     if cfg.train.pretrained:
@@ -178,11 +180,24 @@ def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
                                                                        for i in data.test.indices})}
     if len(data.test):
         probs = predict_split(model, data.test, rt, cfg.data.mean, cfg.data.std, multilabel)
-        out.update(scalar_metrics(multilabel)(probs, data.test.targets.numpy()))
+        targets = data.test.targets.numpy()
+        metric = scalar_metrics(multilabel)
+        out.update(metric(probs, targets))
+        studies = [data.manifest.records[int(i)].study_id for i in data.test.indices]
+        try:
+            ps, ts, _ = aggregate_by_group(probs, targets, studies, multilabel)
+            out.update({f"study_{k}": v for k, v in metric(ps, ts).items()})
+            out["studies"] = len(ps)
+        except ValueError as exc:  # images of a study disagree on the label: no study level
+            log.warning("no study-level metrics: %s", exc)
     out["best_epoch"] = meta.get("epoch")
     if result is not None:
         out["train_minutes"] = round(result.seconds / 60, 2)
+    out = to_jsonable(out)
     write_json(run_dir / "test_metrics.json", out)
+    return out
+
+
+def write_split(data: PreparedData, run_dir: Path) -> None:
     write_json(run_dir / "split.json", {k: [data.manifest.records[int(i)].image_id for i in v]
                                         for k, v in data.split.parts().items()})
-    return out
