@@ -24,3 +24,16 @@ def test_ablation_runs_every_row_and_prints_a_table(tmp_path: Path) -> None:
     assert [c["train"]["mgacr"]["feature"] for c in cfgs] == [False, False, False, True, True]
     table = ablation_markdown(summary, "deeppneumonia ablate ...")
     assert table.count("\n| ") == 6 and "+ CB focal loss (full)" in table and "study_map" in table
+
+
+def test_classical_baselines_learn_the_synthetic_lesion(tmp_path: Path) -> None:
+    from deeppneumonia.experiments import comparison_markdown, run_comparison
+
+    csv_path = make_lesion_csv(tmp_path / "d", n=60, size=32)
+    overrides = [f"data.path={csv_path}", "data.source=auto", "data.size=32", f"data.cache_dir={tmp_path / 'cache'}",
+                 "data.val_fraction=0.2", "data.test_fraction=0.3", "run.progress=false"]
+    summary = run_comparison("quick", overrides, [0], tmp_path / "cmp", deep=False)
+    assert set(summary["results"]) == {"KNN", "Decision tree", "AdaBoost", "Random forest", "SVM (poly)"}
+    best = max(r[0]["accuracy"] for r in summary["results"].values())
+    assert best >= 0.8  # a bright box is easy for HOG + pixels; chance is 0.5
+    assert "| SVM (poly) |" in comparison_markdown(summary, "cmd")

@@ -154,9 +154,23 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = run_ablation(args.config, overrides, args.seeds, out)
-    command = "deeppneumonia ablate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["ablate"] else "deeppneumonia ablate"
+    command = "deeppneumonia " + " ".join(sys.argv[1:])
     table = ablation_markdown(summary, command)
     (out / "table1.md").write_text(table)
+    print(table)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from deeppneumonia.experiments import comparison_markdown, run_comparison
+
+    overrides = list(args.overrides) + (["run.progress=false"] if args.quiet else [])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ablation = json.loads(args.ablation.read_text()) if args.ablation else None
+    summary = run_comparison(args.config, overrides, args.seeds, out, ablation, deep=not args.no_deep)
+    table = comparison_markdown(summary, "deeppneumonia " + " ".join(sys.argv[1:]))
+    (out / "table2.md").write_text(table)
     print(table)
     return 0
 
@@ -207,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="runs/ablation")
     p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser("compare", help="the paper's Table II: classical and deep baselines on the same split")
+    _add_config_args(p, default="siim-cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--ablation", type=Path, default=None, help="ablation.json whose rows 1 and 5 fill ResNet18/full")
+    p.add_argument("--no-deep", action="store_true", help="classical models only (skip VGG16/ResNet50)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")

@@ -103,6 +103,7 @@ class TrainConfig:
 
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
+    arch: Literal["resnet18", "resnet50", "vgg16"] = "resnet18"  # others only as Table II baselines (no MGACR)
     pretrained: bool = True  # start from the Stage I encoder of the same run (or `encoder`)
     encoder: str | None = None  # explicit path to an encoder .safetensors
     mgacr: MGACRConfig = MGACRConfig()

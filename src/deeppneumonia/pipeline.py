@@ -140,7 +140,7 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
         if meta.get("size") != cfg.data.size:
             log.warning("encoder was pre-trained at %s px, training at %s px", meta.get("size"), cfg.data.size)
     m = data.manifest
-    task = SupervisedTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder)
+    task = SupervisedTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder, cfg.train.arch)
     result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress,
                  cfg.run.checkpoint_minutes)
     store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")

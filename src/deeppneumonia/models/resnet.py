@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import ResNet, resnet18, resnet50
+from torchvision.models import ResNet, resnet18, resnet50, vgg16
 
 STAGE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
 
 
+ARCHS = ("resnet18", "resnet50", "vgg16")
+
+
 def build_classifier(num_classes: int, arch: str = "resnet18", in_chans: int = 1) -> ResNet:
-    """A randomly initialised ResNet whose stem takes ``in_chans`` channels."""
+    """A randomly initialised ResNet (or, as a Table II baseline, VGG16) whose stem takes ``in_chans`` channels."""
+    if arch == "vgg16":
+        vgg = vgg16(weights=None, num_classes=num_classes)
+        vgg.features[0] = nn.Conv2d(in_chans, 64, kernel_size=3, padding=1)
+        return vgg  # type: ignore[return-value]  # only forward() is used for VGG
     factory = {"resnet18": resnet18, "resnet50": resnet50}.get(arch)
     if factory is None:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(STAGE_CHANNELS)}")
+        raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHS}")
     model = factory(weights=None, num_classes=num_classes)
     if in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -59,6 +59,8 @@ class SupervisedTask:
             load_encoder(self.model, encoder)
         m = self.tcfg.mgacr
         self.heads = MGACRHeads(m.layers, m.kernel_size) if (m.attention or m.feature) else None
+        if self.heads is not None and not arch.startswith("resnet"):
+            raise ValueError(f"MGACR needs a ResNet backbone, not {arch}; set train.mgacr.attention/feature=false")
         lc = self.tcfg.loss
         beta, gamma = (lc.beta, lc.gamma) if lc.kind == "cb_focal" else (0.0, 0.0)  # (0, 0) = cross-entropy
         self.counts = train.class_counts()
@@ -89,8 +91,11 @@ class SupervisedTask:
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
         d, m = self.cfg.data, self.tcfg.mgacr
         x, mask = make_inputs(batch, self.rt, d.mean, d.std, self.tcfg.augment, g, with_mask=self.heads is not None)
-        feats = forward_stages(self.model, x)
-        logits = forward_head(self.model, feats[-1])
+        if self.heads is None:
+            feats, logits = [], self.model(x)
+        else:
+            feats = forward_stages(self.model, x)
+            logits = forward_head(self.model, feats[-1])
         losses = {"cls": self.cls_loss(logits.float(), self._target(batch))}
         total = losses["cls"]
         if self.heads is not None and mask is not None:
