@@ -3,7 +3,8 @@
 Features per image, from the preprocessing cache: HOG (skimage; 9 orientations, 8x8-pixel cells, 2x2
 blocks) of the image at 64 px, concatenated with its 16x16 down-sampled pixels; standardised. Models:
 KNN (k = 15, distance-weighted), decision tree, AdaBoost, random forest (300 trees), and a polynomial-kernel
-SVM (degree 3) calibrated to probabilities (Platt scaling, 3 folds) for mAP. Hyper-parameters are fixed a priori (no tuning on test).
+SVM (degree 3) calibrated to probabilities (Platt scaling, 3 folds) for mAP.
+Hyper-parameters are fixed a priori (no tuning on the test part).
 """
 
 from __future__ import annotations

@@ -1,0 +1,40 @@
+"""Write docs/results.md from the JSON files that `deeppneumonia ablate` and `deeppneumonia compare` wrote.
+
+Nothing in the tables is typed by hand: re-run the commands quoted in the document, then this script.
+Usage: python scripts/make_results_doc.py --ablation runs/ablation-siim-cpu/ablation.json \
+           --comparison runs/compare-siim-cpu/comparison.json [--out docs/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deeppneumonia.experiments import ablation_markdown, comparison_markdown
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ablation", type=Path, action="append", default=[], help="ablation.json (repeatable)")
+    ap.add_argument("--comparison", type=Path, action="append", default=[], help="comparison.json (repeatable)")
+    ap.add_argument("--intro", type=Path, default=Path("docs/results_intro.md"))
+    ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    args = ap.parse_args()
+    parts = [args.intro.read_text() if args.intro.is_file() else "# Results\n"]
+    for path in args.ablation:
+        s = json.loads(path.read_text())
+        cmd = f"deeppneumonia ablate -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " + \
+              " ".join(s["overrides"])
+        parts += [f"\n## Table I (ablation): {s['data']}\n", ablation_markdown(s, cmd.strip())]
+    for path in args.comparison:
+        s = json.loads(path.read_text())
+        cmd = f"deeppneumonia compare -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " + \
+              " ".join(s["overrides"])
+        parts += [f"\n## Table II (comparison): {s['data']}\n", comparison_markdown(s, cmd.strip())]
+    args.out.write_text("\n".join(parts))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
