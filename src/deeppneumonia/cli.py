@@ -175,6 +175,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from deeppneumonia.evaluation.probe import probe_encoder
+    from deeppneumonia.pipeline import resolve_data_path
+
+    res = probe_encoder(args.encoder, resolve_data_path(str(args.data)), args.source, args.cache_dir, args.device)
+    print(f"train {res['train_images']} / test {res['test_images']} images (patient-disjoint)")
+    for name in ("pretrained", "random_init"):
+        print(f"{name:>12}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[name].items()))
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
     p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
@@ -229,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", type=Path, default=None, help="ablation.json whose rows 1 and 5 fill ResNet18/full")
     p.add_argument("--no-deep", action="store_true", help="classical models only (skip VGG16/ResNet50)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("probe", help="judge a Stage I encoder alone: kNN and linear-probe accuracy")
+    p.add_argument("--encoder", type=Path, required=True, help="a pretrain/encoder.safetensors")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--source", default="auto")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")

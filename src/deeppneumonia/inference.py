@@ -8,7 +8,7 @@ from torch import nn
 
 from deeppneumonia.data.batches import CachedSplit
 from deeppneumonia.device import Runtime, eval_mode
-from deeppneumonia.training.inputs import make_inputs
+from deeppneumonia.inputs import make_inputs
 
 
 @torch.no_grad()

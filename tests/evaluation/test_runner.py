@@ -58,3 +58,22 @@ def test_cli_evaluate_and_explain(trained_lesion_run: tuple[Path, PreparedData],
     img = str(data.manifest.records[1].path)
     assert main(["-q", "explain", "--checkpoint", ckpt, img, "--out", str(tmp_path / "x"), "--device", "cpu"]) == 0
     assert list((tmp_path / "x").glob("*_gradcam.png"))
+
+
+def test_mgacr_heads_kept_for_analysis_are_scored(tmp_path: Path) -> None:
+    from deeppneumonia.pipeline import run_train
+    from tests.conftest import make_lesion_csv
+    from tests.training.test_pipeline import tiny_config
+
+    csv_path = make_lesion_csv(tmp_path / "d", n=32, size=64)
+    cfg = tiny_config(tmp_path, csv_path, "data.size=64", "train.pretrained=false", "train.optim.epochs=1",
+                      "train.keep_attention_heads=true")
+    run_train(cfg)
+    ckpt = tmp_path / "run" / "train" / "model.safetensors"
+    assert (ckpt.parent / "mgacr_heads.safetensors").is_file()
+    res = evaluate_checkpoint(ckpt, csv_path, tmp_path / "ev", cache_dir=tmp_path / "cache", n_boot=20,
+                              device="cpu", progress=False)
+    loc = res.metrics["localization_mgacr"]
+    assert set(loc) == {"layer1", "layer2", "layer3", "layer4"}
+    assert 0 <= loc["layer1"]["overall"]["energy"] <= 1
+    assert "MGACR map+ of layer1" in (tmp_path / "ev" / "report.html").read_text()

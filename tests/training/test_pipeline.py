@@ -140,3 +140,18 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path: Path, lesion_data: Path
     ha = [json.loads(line) for line in (tmp_path / "a" / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
     hb = [json.loads(line) for line in (tmp_path / "b" / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [h["train_loss"] for h in ha] == pytest.approx([h["train_loss"] for h in hb], rel=1e-5)
+
+
+def test_probe_judges_an_encoder_against_random_init(tmp_path: Path, lesion_data: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from deeppneumonia.cli import main
+
+    cfg = tiny_config(tmp_path, lesion_data)
+    run_pretrain(cfg)
+    enc = tmp_path / "run" / "pretrain" / "encoder.safetensors"
+    assert main(["-q", "probe", "--encoder", str(enc), "--data", str(lesion_data), "--cache-dir",
+                 str(tmp_path / "cache"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained: knn_accuracy" in out and "random_init: knn_accuracy" in out
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert f"test {len(split['test'])} images" in out  # the run's own held-out patients

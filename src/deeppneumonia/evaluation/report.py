@@ -96,6 +96,8 @@ def write_report(path: Path, result: dict[str, Any], pred: Predictor, probs: np.
               "<p class=note>pointing: the heatmap maximum falls in a box; energy: share of heatmap mass inside the "
               "boxes; tiou@t: a box around a thresholded heatmap region overlaps a lesion box with IoU &ge; t.</p>",
               _localization(result.get("localization_gradcam", {}))]
+    for layer, loc in result.get("localization_mgacr", {}).items():
+        parts += [f"<h3>MGACR map+ of {html.escape(layer)} against the boxes</h3>", _localization(loc)]
     if gallery:
         parts.append("<h2>Gallery</h2><p class=note>Grad-CAM of the predicted class; green: radiologists' boxes."
                      "</p><div class=gallery>")

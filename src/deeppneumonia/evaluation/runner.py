@@ -93,6 +93,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
                    "patients": len({r.patient_id for r in recs}), "skipped_problems": len(manifest.problems)})
     loc, gallery = _explain(pred, cache, order, probs, targets, gradcam_layer, max_cam_images, gallery_per_class)
     result["localization_gradcam"] = loc
+    heads_path = checkpoint.parent / "mgacr_heads.safetensors"
+    if heads_path.is_file():
+        result["localization_mgacr"] = _score_attention(pred, heads_path, cache, order, max_cam_images)
     write_json(out / "metrics.json", result)
     _write_predictions(out / "predictions.csv", recs, probs, pred)
     from deeppneumonia.evaluation.report import write_report
@@ -113,6 +116,34 @@ def _write_predictions(path: Path, recs: list[Any], probs: np.ndarray, pred: Pre
         for r, p, lab in zip(recs, probs, labels, strict=True):
             truth = [c for c, t in zip(pred.classes, r.target, strict=True) if t == 1]
             w.writerow([r.image_id, r.patient_id, r.study_id, *[f"{v:.5f}" for v in p], "|".join(truth), "|".join(lab)])
+
+
+def _score_attention(pred: Predictor, heads_path: Path, cache: Any, order: np.ndarray,
+                     max_images: int) -> dict[str, Any]:
+    """Localization of MGACR's map+ per layer (heads kept for analysis with train.keep_attention_heads)."""
+    import torch.nn.functional as F
+
+    from deeppneumonia.checkpoint import load_weights
+    from deeppneumonia.models.attention import MGACRHeads
+    from deeppneumonia.models.resnet import forward_stages
+
+    state, meta = load_weights(heads_path)
+    heads = MGACRHeads(meta["layers"]).to(pred.rt.device)
+    heads.load_state_dict(state)
+    heads.eval()
+    boxed = [k for k, i in enumerate(order) if cache.manifest.records[int(i)].boxes][:max_images]
+    scores: dict[int, list[dict[str, float]]] = {layer: [] for layer in heads.layers}
+    with torch.no_grad():
+        for start in range(0, len(boxed), 32):
+            ks = boxed[start:start + 32]
+            x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
+            _, maps_pos, _ = heads(forward_stages(pred.model, x))
+            for layer, mp in zip(heads.layers, maps_pos, strict=True):
+                up = F.interpolate(mp.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                for k, heat in zip(ks, up.cpu().numpy(), strict=True):
+                    boxes = [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]
+                    scores[layer].append(localization_scores(heat, boxes))
+    return {f"layer{layer}": summarize_localization(v) for layer, v in scores.items() if v}
 
 
 def _explain(pred: Predictor, cache: Any, order: np.ndarray, probs: np.ndarray, targets: np.ndarray, layer: str,

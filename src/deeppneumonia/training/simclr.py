@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deeppneumonia.checkpoint import save_weights
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import Batch, CachedSplit
 from deeppneumonia.device import Runtime, eval_mode
+from deeppneumonia.evaluation.probe import embed, knn_accuracy
+from deeppneumonia.inputs import make_inputs
 from deeppneumonia.losses import InfoNCELoss, contrastive_accuracy
 from deeppneumonia.models.projector import Projector
 from deeppneumonia.models.resnet import (
@@ -31,33 +32,6 @@ from deeppneumonia.models.resnet import (
     forward_head,
     forward_stages,
 )
-from deeppneumonia.training.inputs import make_inputs
-
-
-@torch.no_grad()
-def embed(model: nn.Module, split: CachedSplit, rt: Runtime, mean: float, std: float,
-          batch_size: int = 128) -> Tensor:
-    """(N, D) L2-normalised pooled encoder features of a split (no augmentation)."""
-    out = []
-    with eval_mode(model):
-        for batch in split.iterate(batch_size):
-            x, _ = make_inputs(batch, rt, mean, std, None, None)
-            with rt.autocast():
-                h = forward_head(model, forward_stages(model, x)[-1], pre_logits=True)  # type: ignore[arg-type]
-            out.append(F.normalize(h.float(), dim=1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, 1)
-
-
-def knn_accuracy(train_feats: Tensor, train_labels: Tensor, val_feats: Tensor, val_labels: Tensor,
-                 k: int = 20, temperature: float = 0.07) -> float:
-    """Weighted kNN on cosine similarity (Wu et al. 2018): votes exp(sim / T) of the k nearest."""
-    if len(train_feats) == 0 or len(val_feats) == 0:
-        return float("nan")
-    c = int(max(train_labels.max(), val_labels.max())) + 1
-    sim = val_feats @ train_feats.T
-    top, idx = sim.topk(min(k, len(train_feats)), dim=1)
-    votes = torch.zeros(len(val_feats), c).scatter_add_(1, train_labels[idx], torch.exp(top / temperature))
-    return float((votes.argmax(1) == val_labels).float().mean())
 
 
 class SimCLRTask:

@@ -29,10 +29,10 @@ from deeppneumonia.data.batches import Batch, CachedSplit
 from deeppneumonia.device import Runtime, eval_mode
 from deeppneumonia.evaluation.metrics import scalar_metrics
 from deeppneumonia.inference import predict_split
+from deeppneumonia.inputs import make_inputs
 from deeppneumonia.losses import ClassBalancedFocalLoss, MGACRLoss
 from deeppneumonia.models.attention import MGACRHeads
 from deeppneumonia.models.resnet import build_classifier, forward_head, forward_stages, load_encoder
-from deeppneumonia.training.inputs import make_inputs
 
 log = logging.getLogger(__name__)
 
