@@ -186,6 +186,26 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from deeppneumonia.export import export_onnx
+
+    report = export_onnx(args.checkpoint, args.out, args.with_features)
+    print(f"wrote {args.out} (+ .json metadata); parity with PyTorch: max |diff| {report['max_abs_diff']:.2e} "
+          f"<= {report['atol']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from deeppneumonia.predict import predict_paths, write_predictions
+
+    rows = predict_paths(args.checkpoint, args.paths, args.heatmaps, args.device, progress=not args.quiet)
+    write_predictions(rows, args.out, args.format)
+    bad = [r for r in rows if r.get("error")]
+    print(f"{len(rows) - len(bad)} predicted, {len(bad)} skipped (reported in {args.out or 'the output'})",
+          file=sys.stderr)
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
     p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
@@ -248,6 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("predict", help="predict files, folders and DICOM; CSV or JSON out")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--heatmaps", type=Path, default=None, help="also write Grad-CAM overlays into this folder")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export the inference network (ONNX) with a parity check")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=Path, default=Path("model.onnx"))
+    p.add_argument("--with-features", action="store_true", help="also output the last stage's activations (CAM)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")
