@@ -52,7 +52,9 @@ def test_overlay_draws_boxes_and_heat() -> None:
 
     img = np.full((32, 32), 0.5, np.float32)
     heat = np.zeros((16, 16), np.float32)
-    pic = np.asarray(overlay(img, heat, [Box(4, 4, 10, 10)]))
+    pic = np.asarray(overlay(img, heat, [Box(4, 4, 10, 10)], min_size=32))
     assert pic.shape == (32, 32, 3)
     assert tuple(pic[4, 8]) == (0, 255, 0)  # the box outline is green
     assert tuple(pic[20, 20]) != (128, 128, 128)  # the heat colour is blended in
+    big = np.asarray(overlay(img, heat, [Box(4, 4, 10, 10)], caption="x"))  # enlarged to 256 px, caption band on top
+    assert big.shape == (256 + 16, 256, 3) and tuple(big[16 + 4 * 8, 8 * 8]) == (0, 255, 0)

@@ -57,23 +57,35 @@ def _colormap(heat: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray | None, boxes: Sequence[Box] = (), alpha: float = 0.4,
-            pred_boxes: Sequence[Box] = (), caption: str | None = None) -> Image.Image:
-    """RGB picture: the grey radiograph, the heatmap blended over it, ground-truth boxes in green,
-    predicted boxes in dashed-looking yellow. ``image`` (H, W) in [0, 1] or uint8; ``heat`` (H, W) in [0, 1]."""
+            pred_boxes: Sequence[Box] = (), caption: str | None = None, min_size: int = 256) -> Image.Image:
+    """RGB picture: the grey radiograph with the heatmap blended over it, ground-truth boxes in green and
+    predicted boxes in yellow; a caption goes in a band above the image, never over it.
+
+    ``image`` (H, W) in [0, 1] or uint8, ``heat`` (H', W') in [0, 1] (resized to the image), boxes in the
+    image's pixels. Images smaller than ``min_size`` are enlarged so that boxes and text stay legible.
+    """
     grey = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    scale = max(1, -(-min_size // max(grey.shape)))
+    if scale > 1:
+        grey = np.asarray(Image.fromarray(grey).resize((grey.shape[1] * scale, grey.shape[0] * scale),
+                                                       Image.Resampling.BILINEAR))
     rgb: np.ndarray = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     if heat is not None:
         if heat.shape != grey.shape:
-            heat = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize(grey.shape[::-1]))
+            heat = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize(grey.shape[::-1],
+                                                                                Image.Resampling.BILINEAR))
         rgb = (1 - alpha) * rgb + alpha * _colormap(heat)
     pic = Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(pic)
     width = max(1, grey.shape[0] // 128)
     for b in boxes:
-        draw.rectangle([b.x, b.y, b.x2, b.y2], outline=(0, 255, 0), width=width)
+        draw.rectangle([b.x * scale, b.y * scale, b.x2 * scale, b.y2 * scale], outline=(0, 255, 0), width=width)
     for b in pred_boxes:
-        draw.rectangle([b.x, b.y, b.x2, b.y2], outline=(255, 230, 0), width=width)
+        draw.rectangle([b.x * scale, b.y * scale, b.x2 * scale, b.y2 * scale], outline=(255, 230, 0), width=width)
     if caption:
-        draw.rectangle([0, 0, pic.width, 12 + width * 4], fill=(0, 0, 0))
-        draw.text((3, 1), caption, fill=(255, 255, 255))
+        band = 16
+        framed = Image.new("RGB", (pic.width, pic.height + band), (0, 0, 0))
+        framed.paste(pic, (0, band))
+        ImageDraw.Draw(framed).text((3, 2), caption, fill=(255, 255, 255))
+        pic = framed
     return pic

@@ -18,7 +18,7 @@ from deeppneumonia.predictor import Predictor
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.figs img{margin:4px;border:1px solid #ddd}
-.gallery figure{display:inline-block;margin:4px}.gallery img{width:192px;image-rendering:pixelated}
+.gallery figure{display:inline-block;margin:4px}.gallery img{width:256px}
 .note{color:#666;font-size:90%}"""
 
 
