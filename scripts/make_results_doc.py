@@ -19,6 +19,7 @@ def main() -> None:
     ap.add_argument("--ablation", type=Path, action="append", default=[], help="ablation.json (repeatable)")
     ap.add_argument("--comparison", type=Path, action="append", default=[], help="comparison.json (repeatable)")
     ap.add_argument("--intro", type=Path, default=Path("docs/results_intro.md"))
+    ap.add_argument("--discussion", type=Path, default=Path("docs/results_discussion.md"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
     args = ap.parse_args()
     parts = [args.intro.read_text() if args.intro.is_file() else "# Results\n"]
@@ -29,9 +30,14 @@ def main() -> None:
         parts += [f"\n## Table I (ablation): {s['data']}\n", ablation_markdown(s, cmd.strip())]
     for path in args.comparison:
         s = json.loads(path.read_text())
-        cmd = f"deeppneumonia compare -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " + \
-              " ".join(s["overrides"])
+        flags = "" if s.get("deep", "VGG16" in s["results"]) else "--no-deep "
+        if "ResNet18" in s["results"] and args.ablation:
+            flags += f"--ablation {args.ablation[0]} "
+        cmd = f"deeppneumonia compare -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} {flags}" + \
+              f"--out {path.parent} " + " ".join(s["overrides"])
         parts += [f"\n## Table II (comparison): {s['data']}\n", comparison_markdown(s, cmd.strip())]
+    if args.discussion.is_file():
+        parts.append("\n" + args.discussion.read_text())
     args.out.write_text("\n".join(parts))
     print(f"wrote {args.out}")
 

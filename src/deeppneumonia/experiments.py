@@ -166,7 +166,7 @@ def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir:
         results["ResNet18"] = ablation["results"][TABLE1[0].name]
         results["Deep Pneumonia (full)"] = ablation["results"][TABLE1[-1].name]
     summary = {"preset": preset, "overrides": overrides, "seeds": seeds, "results": results, "data": base.data.path,
-               "test_images": len(data.test), "test_patients":
+               "deep": deep, "test_images": len(data.test), "test_patients":
                len({data.manifest.records[int(i)].patient_id for i in data.test.indices}), "hardware": hardware()}
     (out_dir / "comparison.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
