@@ -37,3 +37,24 @@ def test_classical_baselines_learn_the_synthetic_lesion(tmp_path: Path) -> None:
     best = max(r[0]["accuracy"] for r in summary["results"].values())
     assert best >= 0.8  # a bright box is easy for HOG + pixels; chance is 0.5
     assert "| SVM (poly) |" in comparison_markdown(summary, "cmd")
+
+
+def test_without_boxes_the_full_row_drops_mgacr(tmp_path: Path) -> None:
+    import csv
+
+    csv_path = make_lesion_csv(tmp_path / "d", n=32, size=32)
+    rows = list(csv.DictReader(csv_path.open()))
+    for r in rows:
+        r["boxes"] = ""
+    with csv_path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    overrides = [f"data.path={csv_path}", "data.source=auto", "data.size=32", f"data.cache_dir={tmp_path / 'cache'}",
+                 "data.val_fraction=0.25", "data.test_fraction=0.25", "pretrain.optim.epochs=1",
+                 "pretrain.optim.batch_size=8", "pretrain.knn_k=3", "train.optim.epochs=1", "train.optim.batch_size=8",
+                 "run.progress=false", "run.precision=fp32"]
+    summary = run_ablation("quick", overrides, [0], tmp_path / "abl")
+    assert [len(v) for v in summary["results"].values()] == [1, 1, 0, 0, 1]
+    cfg = __import__("yaml").safe_load((tmp_path / "abl" / "seed0" / "row5" / "config.yaml").read_text())
+    assert cfg["train"]["mgacr"]["attention"] is False and cfg["train"]["loss"]["kind"] == "cb_focal"

@@ -6,7 +6,8 @@ Rows (each adds one technique to the row above, the same budget per row):
   5 + class-balanced focal loss (Eq. 9)
 The patient-grouped split is fixed (``data.split_seed``) so every row and seed is scored on the same
 held-out patients; seeds change initialisation, batch order and augmentation. Stage I runs once per seed
-and is shared by rows 2-5. Without boxes in the data, rows 3-4 are skipped (nothing to guide).
+and is shared by rows 2-5. Without boxes in the data, rows 3-4 are skipped (nothing to guide) and row 5
+is pre-training + the class-balanced focal loss with MGACR off.
 """
 
 from __future__ import annotations
@@ -66,9 +67,11 @@ def run_ablation(preset: str, overrides: list[str], seeds: list[int], out_dir: P
         pre = run_pretrain(pre_cfg, data)
         pre_minutes = (time.perf_counter() - t0) / 60 if pre.epochs_run else None
         for k, row in enumerate(TABLE1, start=1):
-            if row.needs_boxes and not has_boxes:
-                continue
             extra = (*row.overrides, f"train.pretrained={str(row.pretrained).lower()}")
+            if row.needs_boxes and not has_boxes:
+                if k < len(TABLE1):
+                    continue
+                extra = (*extra, "train.mgacr.attention=false", "train.mgacr.feature=false")
             if row.pretrained:
                 extra = (*extra, f"train.encoder={encoder}")
             cfg = _config(preset, overrides, seed_dir / f"row{k}", seed, extra)
