@@ -286,7 +286,8 @@ def _looks_like_headless_dicom(source: Path | bytes) -> bool:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
         return "Rows" in ds and "Columns" in ds
-    except Exception:
+    except Exception as exc:  # any parse failure means "not DICOM"; the caller reports the file as not an image
+        logger.debug("not a preamble-less DICOM (%s: %s)", type(exc).__name__, exc)
         return False
 
 
@@ -485,7 +486,7 @@ def _ensure_transfer_syntax(ds: Dataset) -> Any:
 def _ts_label(ts: Any) -> str:
     try:
         label = str(ts.name)
-    except Exception:
+    except (AttributeError, KeyError, ValueError):  # an unregistered UID has no name
         label = ""
     return f"{ts} ({label})" if label and label != str(ts) else f"{ts} (unknown transfer syntax)"
 
