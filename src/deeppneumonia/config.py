@@ -98,9 +98,44 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class IAMConfig:
+    """Iterative Attention Mining (weakly supervised localization from image labels; a reconstruction).
+
+    Epochs ``0 .. warmup_epochs-1`` train the classifier on the images; then ``iterations`` mining rounds
+    of ``epochs_per_iteration`` epochs each: a frozen copy of the network is taken at the start of a round,
+    the most salient region of each positive image (heatmap >= ``erase_threshold`` x its max) is erased
+    with ``erase_fill``, the network is trained on the erased images while the knowledge-preservation loss
+    keeps its responses on the original images close to the frozen copy's. The localization map is the
+    ``aggregate`` of the heatmaps of all rounds. docs/method.md explains each choice.
+    """
+
+    warmup_epochs: int = 2
+    iterations: int = 2
+    epochs_per_iteration: int = 1
+    heatmap: Literal["cam", "gradcam"] = "cam"
+    erase_threshold: float = 0.6
+    erase_fill: Literal["mean", "zero", "blur"] = "mean"
+    kp_loss: Literal["kl", "l2_logits"] = "kl"
+    kp_weight: float = 1.0
+    msa: bool = True  # multi-scale aggregation: the classifier also pools features of earlier stages
+    msa_layers: tuple[int, ...] = (3, 4)
+    aggregate: Literal["max", "mean"] = "max"
+
+
+@dataclass(frozen=True)
+class CANConfig:
+    """Cross-Attention Networks (multi-label, image labels only; a reconstruction). docs/method.md."""
+
+    attention_weight: float = 0.1  # weight of the attention loss against the balance loss
+    balance_gamma: float = 2.0  # focusing on hard samples (0 = none)
+    balance_pos_weight: Literal["batch", "dataset", "none"] = "dataset"  # positive/negative re-weighting
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Stage II: supervised training with MGACR and the class-balanced focal loss."""
 
+    method: Literal["deep_pneumonia", "iam", "can"] = "deep_pneumonia"  # which Stage II task trains
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     arch: Literal["resnet18", "resnet50", "vgg16"] = "resnet18"  # others only as Table II baselines (no MGACR)
@@ -108,6 +143,8 @@ class TrainConfig:
     encoder: str | None = None  # explicit path to an encoder .safetensors
     mgacr: MGACRConfig = MGACRConfig()
     loss: LossConfig = LossConfig()
+    iam: IAMConfig = IAMConfig()
+    can: CANConfig = CANConfig()
     best_metric: str = "macro_f1"  # validation metric that picks the best checkpoint
     keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
     threshold_method: Literal["youden", "sensitivity"] = "youden"  # per-class operating points on validation
@@ -257,5 +294,5 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return _build(Config, values)
 
 
-__all__ = ["AugmentConfig", "Config", "ConfigError", "DataConfig", "LossConfig", "MGACRConfig",
+__all__ = ["AugmentConfig", "CANConfig", "Config", "ConfigError", "DataConfig", "IAMConfig", "LossConfig", "MGACRConfig",
            "OptimConfig", "PretrainConfig", "RunConfig", "TrainConfig", "load_config"]

@@ -32,7 +32,7 @@ from deeppneumonia.device import Runtime, resolve_runtime, seed_everything
 from deeppneumonia.errors import ConfigError, DataError
 from deeppneumonia.evaluation.metrics import aggregate_by_group, scalar_metrics, to_jsonable
 from deeppneumonia.inference import predict_split
-from deeppneumonia.training.loop import FitResult, fit
+from deeppneumonia.training.loop import FitResult, Task, fit
 from deeppneumonia.training.simclr import SimCLRTask
 from deeppneumonia.training.supervised import SupervisedTask
 
@@ -139,12 +139,25 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
         encoder, meta = load_weights(path)
         if meta.get("size") != cfg.data.size:
             log.warning("encoder was pre-trained at %s px, training at %s px", meta.get("size"), cfg.data.size)
-    m = data.manifest
-    task = SupervisedTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder, cfg.train.arch)
+    task = build_task(cfg, data, rt, encoder)
     result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress,
                  cfg.run.checkpoint_minutes)
     store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")
     return evaluate_test(cfg, data, rt, run_dir, result)
+
+
+def build_task(cfg: Config, data: PreparedData, rt: Runtime, encoder: dict[str, torch.Tensor] | None) -> Task:
+    """The Stage II task of ``train.method``; each is one object run by the one training loop."""
+    m, method = data.manifest, cfg.train.method
+    if method == "iam":
+        from deeppneumonia.training.iam import IAMTask
+
+        return IAMTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder)
+    if method == "can":
+        from deeppneumonia.training.can import CANTask
+
+        return CANTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder)
+    return SupervisedTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder, cfg.train.arch)
 
 
 def _load_model(path: Path, rt: Runtime) -> tuple[torch.nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
