@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deeppneumonia.errors import DeepPneumoniaError
+from deeppneumonia.errors import ConfigError, DeepPneumoniaError
 
 log = logging.getLogger("deeppneumonia")
 
@@ -60,6 +60,10 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _print_json(title: str, data: object) -> None:
+    from deeppneumonia import distributed
+
+    if not distributed.is_main():
+        return
     print(f"{title}\n{json.dumps(data, indent=1, default=str)}")
 
 
@@ -165,6 +169,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from deeppneumonia.experiments import comparison_markdown, run_comparison
 
     overrides = list(args.overrides) + (["run.progress=false"] if args.quiet else [])
+    if args.ablation and not args.ablation.is_file():  # checked before hours of training, not after
+        raise ConfigError(f"--ablation {args.ablation}: no such file (it is written by `deeppneumonia ablate`)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ablation = json.loads(args.ablation.read_text()) if args.ablation else None
@@ -320,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeepPneumoniaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        from deeppneumonia import distributed
+
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ class RunConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     threads: int = 0  # torch CPU threads; 0 = leave the default
     progress: bool = True
     checkpoint_minutes: float = 10.0  # also save resumable state within an epoch this often

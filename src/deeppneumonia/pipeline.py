@@ -11,6 +11,7 @@ Run folder layout (``run.out_dir``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from typing import Any
 import torch
 import yaml
 
+from deeppneumonia import distributed
 from deeppneumonia.checkpoint import load_weights, save_weights, write_json
-from deeppneumonia.config import Config
+from deeppneumonia.config import Config, config_from_dict
 from deeppneumonia.data.batches import CachedSplit
 from deeppneumonia.data.cache import Cache, build_cache
 from deeppneumonia.data.manifest import Manifest
@@ -63,6 +65,12 @@ class PreparedData:
 
 
 def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
+    """Read the source, split by patient, and open (or build) the cache.
+
+    Under torchrun the first process of each node builds the cache (in parallel worker processes) while
+    the others wait, then every process opens the same memory-mapped file.
+    """
+    distributed.setup(cfg.run.device)
     d = cfg.data
     manifest = load_source(resolve_data_path(d.path), d.source, strict=d.strict, patient_regex=d.patient_regex)
     if len(manifest) == 0:
@@ -72,7 +80,8 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
         log.warning("%d row(s)/file(s) skipped while reading %s; `deeppneumonia data inspect` lists them",
                     len(skipped), d.path)
     split = patient_split(manifest, d.val_fraction, d.test_fraction, d.split_seed)
-    cache = build_cache(manifest, d.size, d.cache_dir, d.resize, progress=progress)
+    with distributed.main_first(local=True):
+        cache = build_cache(manifest, d.size, d.cache_dir, d.resize, progress=progress and distributed.is_main())
     return PreparedData(manifest, cache, split, CachedSplit(cache, split.train), CachedSplit(cache, split.val),
                         CachedSplit(cache, split.test))
 
@@ -93,23 +102,32 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) ->
 
 def open_run(cfg: Config) -> Path:
     """Create the run folder, or check that an existing one holds the same config (for resuming)."""
+    distributed.setup(cfg.run.device)
     run_dir = Path(cfg.run.out_dir).expanduser()
+    with distributed.main_first(local=False):
+        _check_or_write_config(cfg, run_dir)
+    return run_dir
+
+
+def _check_or_write_config(cfg: Config, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as YAML reads them back
     if saved.is_file():
-        diff = _diff(yaml.safe_load(saved.read_text()) or {}, current)
+        old = yaml.safe_load(saved.read_text()) or {}
+        with contextlib.suppress(ConfigError):  # an older folder: settings added since take their defaults
+            old = json.loads(json.dumps(config_from_dict(old).to_dict()))
+        diff = _diff(old, current)
         if diff:
             raise ConfigError(f"{run_dir} holds a run with another config ({'; '.join(diff[:5])}); choose another "
                               "run.out_dir, or delete the folder to start over")
     else:
         saved.write_text(yaml.safe_dump(current, sort_keys=False))
-    return run_dir
 
 
 def _runtime(cfg: Config) -> Runtime:
     r = cfg.run
-    return resolve_runtime(r.device, r.precision, r.channels_last, r.threads)
+    return resolve_runtime(distributed.device_for(r.device), r.precision, r.channels_last, r.threads)
 
 
 def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
@@ -120,7 +138,7 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     rt = _runtime(cfg)
     task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass")
     return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress,
-               cfg.run.checkpoint_minutes)
+               cfg.run.checkpoint_minutes, cfg.run.sync_bn)
 
 
 def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
@@ -141,9 +159,12 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
             log.warning("encoder was pre-trained at %s px, training at %s px", meta.get("size"), cfg.data.size)
     task = build_task(cfg, data, rt, encoder)
     result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress,
-                 cfg.run.checkpoint_minutes)
-    store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")
-    return evaluate_test(cfg, data, rt, run_dir, result)
+                 cfg.run.checkpoint_minutes, cfg.run.sync_bn)
+    out: dict[str, Any] = {}
+    if distributed.is_main():  # one process writes thresholds and test metrics; the others receive them
+        store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")
+        out = evaluate_test(cfg, data, rt, run_dir, result)
+    return distributed.broadcast_object(out)  # type: ignore[return-value]
 
 
 def build_task(cfg: Config, data: PreparedData, rt: Runtime, encoder: dict[str, torch.Tensor] | None) -> Task:
@@ -212,5 +233,7 @@ def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
 
 
 def write_split(data: PreparedData, run_dir: Path) -> None:
+    if not distributed.is_main():
+        return
     write_json(run_dir / "split.json", {k: [data.manifest.records[int(i)].image_id for i in v]
                                         for k, v in data.split.parts().items()})

@@ -54,12 +54,26 @@ class CachedSplit:
         return Batch(images, self.boxes[p], self.has_box[p], self.targets[p], torch.from_numpy(self.indices[pos]))
 
     def iterate(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                prefetch: int = 2) -> Iterator[Batch]:
-        """Batches in a seeded order; the next ``prefetch`` batches are read by a background thread."""
+                prefetch: int = 2, shard: bool = False) -> Iterator[Batch]:
+        """Batches in a seeded order; the next ``prefetch`` batches are read by a background thread.
+
+        With ``shard`` under torchrun, ``batch_size`` is the global batch: every rank computes the same order
+        and takes its contiguous 1/W slice of each batch (rank 0 the first), so W processes together see
+        exactly the batches one process would. Needs ``drop_last`` and a batch size divisible by W.
+        """
+        from deeppneumonia import distributed
+
         n = len(self)
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         chunks = [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+        world = distributed.world_size() if shard else 1
+        if world > 1:
+            if not drop_last or batch_size % world:
+                raise ValueError(f"a sharded epoch needs drop_last and a global batch size divisible by the "
+                                 f"{world} processes; got batch_size={batch_size}, drop_last={drop_last}")
+            per, r = batch_size // world, distributed.rank()
+            chunks = [c[r * per:(r + 1) * per] for c in chunks]
         if prefetch <= 0:
             yield from (self.batch(c) for c in chunks)
             return

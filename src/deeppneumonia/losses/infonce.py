@@ -89,12 +89,15 @@ class InfoNCELoss(nn.Module):
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        """NT-Xent loss of Eq. (1), averaged over the 2N anchors.
+    def forward(self, z1: Tensor, z2: Tensor, anchors: Tensor | None = None) -> Tensor:
+        """NT-Xent loss of Eq. (1), averaged over the 2N anchors (or over ``anchors`` only).
 
         Args:
             z1: projections of the first views, shape (N, D); need not be normalised.
             z2: projections of the second views, shape (N, D); row ``i`` is the positive of ``z1[i]``.
+            anchors: optional row indices into the 2N samples (``z1`` rows 0..N-1, then ``z2``) whose
+                terms are averaged; every sample still serves as a negative. Under DDP each rank passes the
+                gathered global views and its own rows, so that the ranks' mean is the global loss.
 
         Returns:
             Scalar fp32 tensor. With N = 1 there are no negatives and the loss is 0.
@@ -102,6 +105,8 @@ class InfoNCELoss(nn.Module):
         _check_views(z1, z2)
         with torch.autocast(device_type=z1.device.type, enabled=False):
             logits, targets = _similarity_logits(z1, z2, self.temperature)
+            if anchors is not None:
+                logits, targets = logits[anchors], targets[anchors]
             return F.cross_entropy(logits, targets)
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deeppneumonia import distributed
 from deeppneumonia.checkpoint import load_state, save_state
 from deeppneumonia.config import OptimConfig
 from deeppneumonia.data.batches import Batch
@@ -67,12 +68,44 @@ class FitResult:
     history: list[dict[str, Any]]
 
 
+class _Step(nn.Module):
+    """The task's modules and its training step as one module, so that DDP sees the whole forward pass."""
+
+    def __init__(self, task: Task, modules: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(modules)
+        self.task = task
+
+    def forward(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
+        return self.task.training_step(batch, g)
+
+
+def _wrap(task: Task, modules: dict[str, nn.Module], rt: Runtime, sync_bn: bool) -> nn.Module:
+    step: nn.Module = _Step(task, modules)
+    if not distributed.is_distributed():
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn and rt.device.type == "cuda":
+        step = nn.SyncBatchNorm.convert_sync_batchnorm(step)  # replaces the BN layers inside the task's modules
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return DistributedDataParallel(step, device_ids=ids,
+                                   find_unused_parameters=bool(getattr(task, "ddp_find_unused", False)))
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    """Augmentation draws of one epoch; each rank its own (rank 0 = the single-process stream)."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch + 1_000_003 * distributed.rank())
+
+
 def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
-        progress: bool = True, checkpoint_minutes: float = 10.0) -> FitResult:
+        progress: bool = True, checkpoint_minutes: float = 10.0, sync_bn: bool = True) -> FitResult:
+    main = distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     modules = task.modules()
     for m in modules.values():
         m.to(rt.device).to(memory_format=rt.memory_format)
+    step_module = _wrap(task, modules, rt, sync_bn)
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -98,6 +131,8 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
         log.info("%s: resuming from %s at %s", task.name, last, where)
 
     def save(epoch_done: int, part: dict[str, Any] | None = None) -> None:
+        if not main:
+            return
         save_state(last, {"modules": {k: m.state_dict() for k, m in modules.items()},
                           "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(), "epoch": epoch_done, "best": best,
@@ -105,18 +140,25 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir / "tb"))
+    writer = SummaryWriter(str(run_dir / "tb")) if main else None
     t_start = time.perf_counter()
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             for m in modules.values():
                 m.train()
-            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            g = _generator(seed, epoch)
             sums: dict[str, float] = {}
             n, skip, elapsed_before = 0, 0, 0.0
             if partial is not None:  # resume inside this epoch: same batches, same random draws
-                g.set_state(partial["generator"])
+                states = partial["generator"]
+                states = states if isinstance(states, list) else [states]
+                if len(states) == distributed.world_size():
+                    g.set_state(states[distributed.rank()])
+                else:  # another world size: same batches, fresh (seeded) augmentation draws
+                    log.warning("resuming at %d process(es) from a run saved at %d: augmentation draws differ "
+                                "for the rest of this epoch", distributed.world_size(), len(states))
+                    g.manual_seed(seed * 100_003 + epoch + 7919 * int(partial["step"]) + 1_000_003 * distributed.rank())
                 n = skip = int(partial["step"])
                 sums = json.loads(partial["sums"])
                 elapsed_before = float(partial["seconds"])
@@ -124,10 +166,10 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
             last_save = time.perf_counter()
             batches = itertools.islice(task.train_batches(epoch), skip, None)
             bar = tqdm(batches, total=steps, initial=skip, desc=f"{task.name} {epoch + 1}/{cfg.epochs}",
-                       disable=not progress, leave=False)
+                       disable=not progress or not main, leave=False)
             for batch in bar:
                 with rt.autocast():
-                    losses = task.training_step(batch, g)
+                    losses = step_module(batch, g)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
                     raise DeepPneumoniaError(f"{task.name}: loss is {loss.item()} at epoch {epoch + 1}, step {n + 1}"
@@ -142,11 +184,20 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-                if time.perf_counter() - last_save > checkpoint_minutes * 60 and n < steps:
-                    save(epoch - 1, {"step": n, "generator": g.get_state(), "sums": json.dumps(sums),
+                due = time.perf_counter() - last_save > checkpoint_minutes * 60 and n < steps
+                if distributed.is_distributed():
+                    due = distributed.mean_across_ranks({"due": float(due)})["due"] > 0  # rank clocks differ
+                if due:
+                    states = distributed.gather_objects(g.get_state())
+                    save(epoch - 1, {"step": n, "generator": states if len(states) > 1 else states[0],
+                                     "sums": json.dumps(distributed.mean_across_ranks(sums)),
                                      "seconds": elapsed_before + time.perf_counter() - t0})
                     last_save = time.perf_counter()
             train_time = elapsed_before + time.perf_counter() - t0
+            sums = distributed.mean_across_ranks(sums)
+            if not main:  # rank 0 validates and writes; the others wait for the next epoch
+                distributed.barrier()
+                continue
             val = task.validate()
             rate = (n - skip) * _batch_images(task) / max(train_time - elapsed_before, 1e-9)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
@@ -158,7 +209,7 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
             with (run_dir / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             for k, v in record.items():
-                if isinstance(v, int | float) and k != "epoch":
+                if isinstance(v, int | float) and k != "epoch" and writer is not None:
                     writer.add_scalar(k, v, epoch + 1)
             score = val.get(task.best_metric, -math.inf)
             improved = score > best or best_epoch < 0
@@ -170,8 +221,14 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                      ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)),
                      " (best)" if improved else "")
             save(epoch)
+            distributed.barrier()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+    if not main:  # the others learn the outcome from rank 0
+        best, best_epoch, history = distributed.broadcast_object((best, best_epoch, history))  # type: ignore[misc]
+    elif distributed.is_distributed():
+        distributed.broadcast_object((best, best_epoch, history))
     return FitResult(best, best_epoch, len(history), time.perf_counter() - t_start, history)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deeppneumonia import distributed
 from deeppneumonia.checkpoint import save_weights
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import Batch, CachedSplit
@@ -62,7 +63,7 @@ class SimCLRTask:
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         return self.train.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
-                                  drop_last=True)
+                                  drop_last=True, shard=True)
 
     def _views(self, batch: Batch, g: torch.Generator) -> Tensor:
         d = self.cfg.data
@@ -77,7 +78,14 @@ class SimCLRTask:
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
         z1, z2 = self._project(self._views(batch, g))
-        return {"loss": self.loss(z1, z2), "contrastive_accuracy": contrastive_accuracy(z1, z2)}
+        if not distributed.is_distributed():
+            return {"loss": self.loss(z1, z2), "contrastive_accuracy": contrastive_accuracy(z1, z2)}
+        # negatives from every rank: gathered with gradients, this rank's rows as anchors
+        n, r = z1.shape[0], distributed.rank()
+        g1, g2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)
+        own = torch.arange(r * n, (r + 1) * n, device=z1.device)
+        anchors = torch.cat([own, own + g1.shape[0]])
+        return {"loss": self.loss(g1, g2, anchors), "contrastive_accuracy": contrastive_accuracy(g1, g2)}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -82,7 +82,7 @@ class SupervisedTask:
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         return self.train.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
-                                  drop_last=True)
+                                  drop_last=True, shard=True)
 
     def _target(self, batch: Batch) -> Tensor:
         t = batch.target.to(self.rt.device)
