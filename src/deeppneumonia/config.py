@@ -159,6 +159,8 @@ class RunConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it
     channels_last: bool = True
     compile: bool = False
+    data_on_device: Literal["auto", "always", "never"] = "auto"  # keep the training images on the GPU (auto: if
+    # they take under a quarter of its free memory); batches are then gathered and augmented there
     sync_bn: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     threads: int = 0  # torch CPU threads; 0 = leave the default
     progress: bool = True

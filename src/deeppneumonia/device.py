@@ -79,3 +79,14 @@ def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)
+
+
+def compile_blocks(module: torch.nn.Module) -> None:
+    """``torch.compile`` each direct child that holds parameters, in place (``run.compile``).
+
+    Children rather than the module itself, because the tasks call the stages one by one
+    (``forward_stages``) to reach the intermediate features MGACR needs; the state-dict keys do not change.
+    """
+    for child in module.children():
+        if any(True for _ in child.parameters()):
+            child.compile()

@@ -125,6 +125,22 @@ def _check_or_write_config(cfg: Config, run_dir: Path) -> None:
         saved.write_text(yaml.safe_dump(current, sort_keys=False))
 
 
+def place_data(cfg: Config, data: PreparedData, rt: Runtime) -> None:
+    """The single-GPU fast path: keep the training split's uint8 images resident on the device when they fit."""
+    mode = cfg.run.data_on_device
+    if mode == "never" or rt.device.type == "cpu" or data.train.resident is not None:
+        return
+    need = data.train.nbytes()
+    if mode == "auto":
+        free = torch.cuda.mem_get_info(rt.device)[0] if rt.device.type == "cuda" else 0
+        if need > free // 4:
+            log.info("training images (%.0f MB) stay in host memory: more than a quarter of free %s memory",
+                     need / 2**20, rt.device)
+            return
+    data.train.keep_on(rt.device)
+    log.info("training images resident on %s (%.0f MB)", rt.device, need / 2**20)
+
+
 def _runtime(cfg: Config) -> Runtime:
     r = cfg.run
     return resolve_runtime(distributed.device_for(r.device), r.precision, r.channels_last, r.threads)
@@ -136,9 +152,10 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     data = data or prepare_data(cfg, cfg.run.progress)
     write_split(data, run_dir)
     rt = _runtime(cfg)
+    place_data(cfg, data, rt)
     task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass")
     return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress,
-               cfg.run.checkpoint_minutes, cfg.run.sync_bn)
+               cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile)
 
 
 def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
@@ -157,9 +174,10 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
         encoder, meta = load_weights(path)
         if meta.get("size") != cfg.data.size:
             log.warning("encoder was pre-trained at %s px, training at %s px", meta.get("size"), cfg.data.size)
+    place_data(cfg, data, rt)
     task = build_task(cfg, data, rt, encoder)
     result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress,
-                 cfg.run.checkpoint_minutes, cfg.run.sync_bn)
+                 cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile)
     out: dict[str, Any] = {}
     if distributed.is_main():  # one process writes thresholds and test metrics; the others receive them
         store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")

@@ -39,6 +39,14 @@ class CachedSplit:
         self.targets = torch.from_numpy(cache.manifest.targets()[self.indices])
         self.boxes = pad_boxes([cache.boxes(int(i)) for i in self.indices])
         self.has_box = torch.tensor([bool(cache.manifest.records[int(i)].boxes) for i in self.indices])
+        self.resident: Tensor | None = None  # the split's images on the training device (see ``keep_on``)
+
+    def nbytes(self) -> int:
+        return len(self) * int(self.cache.images.shape[1]) * int(self.cache.images.shape[2])
+
+    def keep_on(self, device: torch.device) -> None:
+        """Copy the split's uint8 images to ``device`` once; batches are then gathered there (the GPU fast path)."""
+        self.resident = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices]))[:, None].to(device)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -49,8 +57,11 @@ class CachedSplit:
     def batch(self, pos: np.ndarray) -> Batch:
         order = np.argsort(self.indices[pos])  # read the memmap in increasing offset order
         pos = pos[order]
-        images = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices[pos]]))[:, None]
         p = torch.from_numpy(pos)
+        if self.resident is not None:
+            images = self.resident[p.to(self.resident.device)]
+        else:
+            images = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices[pos]]))[:, None]
         return Batch(images, self.boxes[p], self.has_box[p], self.targets[p], torch.from_numpy(self.indices[pos]))
 
     def iterate(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,

@@ -29,7 +29,7 @@ from deeppneumonia import distributed
 from deeppneumonia.checkpoint import load_state, save_state
 from deeppneumonia.config import OptimConfig
 from deeppneumonia.data.batches import Batch
-from deeppneumonia.device import Runtime
+from deeppneumonia.device import Runtime, compile_blocks
 from deeppneumonia.errors import DeepPneumoniaError
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,15 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
-        progress: bool = True, checkpoint_minutes: float = 10.0, sync_bn: bool = True) -> FitResult:
+        progress: bool = True, checkpoint_minutes: float = 10.0, sync_bn: bool = True,
+        compile: bool = False) -> FitResult:
     main = distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     modules = task.modules()
     for m in modules.values():
         m.to(rt.device).to(memory_format=rt.memory_format)
+        if compile:
+            compile_blocks(m)
     step_module = _wrap(task, modules, rt, sync_bn)
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
