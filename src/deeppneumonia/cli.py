@@ -87,18 +87,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Both stages (Stage I skipped when train.pretrained is false), then test metrics."""
+    from deeppneumonia import distributed
     from deeppneumonia.data.summary import format_summary, summarize
     from deeppneumonia.pipeline import prepare_data, run_pretrain, run_train
 
     cfg = _config(args)
     data = prepare_data(cfg, cfg.run.progress)
-    print(format_summary(summarize(data.manifest, decode=False, progress=False), max_problems=10))
-    print(f"\nsplit by patient: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} images\n")
+    say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 speaks
+    say(format_summary(summarize(data.manifest, decode=False, progress=False), max_problems=10))
+    say(f"\nsplit by patient: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} images\n")
     if cfg.train.pretrained and not cfg.train.encoder:
         result = run_pretrain(cfg, data)
-        print(f"Stage I (SimCLR): best {result.best:.4f} at epoch {result.best_epoch}, {result.seconds / 60:.1f} min")
+        say(f"Stage I (SimCLR): best {result.best:.4f} at epoch {result.best_epoch}, {result.seconds / 60:.1f} min")
     _print_json("Stage II done. Test metrics (held-out patients):", run_train(cfg, data))
-    print(f"\nrun folder: {cfg.run.out_dir}")
+    say(f"\nrun folder: {cfg.run.out_dir}")
     return 0
 
 

@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -118,7 +119,9 @@ def gather_with_grad(x: Tensor) -> Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    with warnings.catch_warnings():  # public and tested here; its successors are private and still moving
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*all_gather.*deprecated")
+        return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
 def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
