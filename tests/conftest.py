@@ -87,3 +87,27 @@ def make_siim(root: Path, size: int = 64) -> Path:
         if iid != "f1":
             save_grey(root / "images" / f"{iid}.jpg", lesion_image(rng, size, None), "JPEG")
     return root
+
+
+def make_multilabel_csv(root: Path, n: int = 48, size: int = 48, seed: int = 0) -> Path:
+    """Generic CSV with two findings per image as columns: A = bright square, B = dark bar; some labels unknown."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a, b = bool(rng.random() < 0.5), bool(rng.random() < 0.3)
+        img = rng.normal(110, 10, (size, size))
+        if a:
+            x, y = rng.integers(0, size - size // 4, 2)
+            img[y:y + size // 4, x:x + size // 4] += 100
+        if b:
+            y = int(rng.integers(0, size - 4))
+            img[y:y + 4, :] -= 80
+        name = f"img/{i:03d}.png"
+        save_grey(root / name, img.clip(0, 255).astype(np.uint8))
+        rows.append({"path": name, "A": int(a), "B": "" if i % 7 == 3 else int(b), "patient_id": f"p{i}"})
+    csv_path = root / "labels.csv"
+    with csv_path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "A", "B", "patient_id"])
+        w.writeheader()
+        w.writerows(rows)
+    return csv_path

@@ -30,6 +30,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/deeppneumonia"
     strict: bool = False  # stop at the first bad file instead of skipping it
     patient_regex: str | None = None
+    classes: tuple[str, ...] | None = None  # class order; for a generic CSV with one 1/0/empty column per label
     val_fraction: float = 0.15  # patient-grouped
     test_fraction: float = 0.15  # patient-grouped; 0 = no test part
     split_seed: int = 0

@@ -72,7 +72,8 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     """
     distributed.setup(cfg.run.device)
     d = cfg.data
-    manifest = load_source(resolve_data_path(d.path), d.source, strict=d.strict, patient_regex=d.patient_regex)
+    manifest = load_source(resolve_data_path(d.path), d.source, strict=d.strict, classes=d.classes,
+                           patient_regex=d.patient_regex)
     if len(manifest) == 0:
         raise DataError(f"{d.path}: no usable images (problems: {[str(p) for p in manifest.problems[:5]]})")
     skipped = [p for p in manifest.problems if p.severity == "error"]

@@ -15,11 +15,15 @@ from torchvision.models import ResNet, resnet18, resnet50, vgg16
 STAGE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
 
 
-ARCHS = ("resnet18", "resnet50", "vgg16")
+ARCHS = ("resnet18", "resnet50", "vgg16", "can_resnet18")
 
 
 def build_classifier(num_classes: int, arch: str = "resnet18", in_chans: int = 1) -> ResNet:
     """A randomly initialised ResNet (or, as a Table II baseline, VGG16) whose stem takes ``in_chans`` channels."""
+    if arch == "can_resnet18":  # Cross-Attention Network (models/can.py), a ResNet with two layer4 branches
+        from deeppneumonia.models.can import CrossAttentionResNet
+
+        return CrossAttentionResNet(num_classes, in_chans)
     if arch == "vgg16":
         vgg = vgg16(weights=None, num_classes=num_classes)
         vgg.features[0] = nn.Conv2d(in_chans, 64, kernel_size=3, padding=1)
@@ -58,6 +62,7 @@ def encoder_state(model: ResNet) -> dict[str, Tensor]:
 def load_encoder(model: ResNet, state: dict[str, Tensor]) -> None:
     """Load Stage I encoder weights into a classifier; the new ``fc`` stays randomly initialised."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not k.startswith("fc.")]
+    own = ("fc.", "layer4_b.", "att_a.", "att_b.", "cls_", "bias_")  # heads (and CAN's branch B) start fresh
+    bad = [k for k in missing if not k.startswith(own)]
     if bad or unexpected:
         raise ValueError(f"encoder does not match the network: missing {bad[:5]}, unexpected {unexpected[:5]}")
