@@ -183,6 +183,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_multilabel(args: argparse.Namespace) -> int:
+    from deeppneumonia.experiments import multilabel_markdown, run_multilabel_comparison
+
+    overrides = list(args.overrides) + (["run.progress=false"] if args.quiet else [])
+    out = Path(args.out)
+    summary = run_multilabel_comparison(args.config, overrides, args.seeds, out, args.n_boot)
+    table = multilabel_markdown(summary, "deeppneumonia " + " ".join(sys.argv[1:]))
+    (out / "multilabel.md").write_text(table)
+    print(table)
+    return 0
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from deeppneumonia.evaluation.probe import probe_encoder
     from deeppneumonia.pipeline import resolve_data_path
@@ -268,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", type=Path, default=None, help="ablation.json whose rows 1 and 5 fill ResNet18/full")
     p.add_argument("--no-deep", action="store_true", help="classical models only (skip VGG16/ResNet50)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("multilabel", help="CAN against the plain sigmoid classifier: per-finding AUROC with CIs")
+    _add_config_args(p, default="nih-multilabel-cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--out", default="runs/multilabel")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.set_defaults(func=_cmd_multilabel)
 
     p = sub.add_parser("probe", help="judge a Stage I encoder alone: kNN and linear-probe accuracy")
     p.add_argument("--encoder", type=Path, required=True, help="a pretrain/encoder.safetensors")
