@@ -116,6 +116,26 @@ def test_nih_multilabel_and_binary(tmp_path: Path) -> None:
     assert [r.label_index for r in b.records] == [1, 0]
 
 
+def test_nih_official_file_names(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "ChestX-ray14"
+    root.mkdir()
+    (root / "Data_Entry_2017.csv").write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n"
+        "00000001_000.png,Cardiomegaly,0,1,58,M,PA,2682,2749,0.143,0.143,\n"
+        "00000001_001.png,Cardiomegaly|Emphysema,1,1,58,M,PA,2894,2729,0.143,0.143,\n")
+    (root / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                                             "00000001_001.png,Cardiomegaly,4.5,6.0,10.25,12.0,,,\n")
+    for n in ("00000001_000", "00000001_001"):
+        save_grey(root / "images" / f"{n}.png", lesion_image(rng, 32, None))
+    m = load_source(root)
+    assert m.task == "multilabel" and len(m) == 2 and {r.patient_id for r in m.records} == {"1"}
+    box = m.records[1].boxes[0]
+    assert (box.x, box.y, box.w, box.h) == (4.5, 6.0, 10.25, 12.0) and not m.records[0].boxes
+    assert m.records[1].target[m.classes.index("Emphysema")] == 1
+
+
 def test_generic_csv_single_and_multilabel(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for n in ("a", "b", "c", "d"):

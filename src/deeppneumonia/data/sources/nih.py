@@ -7,6 +7,8 @@ name findings outside the 14 (ChestX-Det adds e.g. Fracture): such boxes are kep
 
 ``mode="multilabel"`` (default) gives the 14 findings as a 0/1 vector; ``mode="binary"`` gives the
 two classes ``No Finding`` / ``Finding`` (any finding), a multi-class task usable by every method.
+The official file names are read as well: ``Data_Entry_2017.csv`` (or ``Data_Entry_2017_v2020.csv``) for
+``labels.csv`` and ``BBox_List_2017.csv`` (columns ``Bbox [x``, ``y``, ``w``, ``h]``) for ``boxes.csv``.
 NIH states no restriction on use; cite Wang et al. 2017.
 """
 
@@ -24,8 +26,17 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "
 NO_FINDING = "No Finding"
 
 
+LABEL_FILES = ("labels.csv", "Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+BOX_FILES = ("boxes.csv", "BBox_List_2017.csv")
+OFFICIAL_BOX_COLUMNS = {"x": "Bbox [x", "y": "y", "w": "w", "h": "h]"}
+
+
+def _first(root: Path, names: tuple[str, ...]) -> Path:
+    return next((root / n for n in names if (root / n).is_file()), root / names[0])
+
+
 def is_nih(root: Path) -> bool:
-    labels = root / "labels.csv"
+    labels = _first(root, LABEL_FILES)
     if not labels.is_file():
         return False
     with labels.open(encoding="utf-8-sig") as fh:
@@ -34,10 +45,13 @@ def is_nih(root: Path) -> bool:
 
 def load_nih(root: Path, plog: ProblemLog, mode: Literal["multilabel", "binary"] = "multilabel",
              image_dir: str = "images") -> Manifest:
-    labels_csv, boxes_csv = root / "labels.csv", root / "boxes.csv"
+    labels_csv, boxes_csv = _first(root, LABEL_FILES), _first(root, BOX_FILES)
     boxes: dict[str, list[tuple[int, Box]]] = defaultdict(list)
     if boxes_csv.is_file():
-        for row_no, row in read_csv(boxes_csv, ["Image Index", "Finding Label", "x", "y", "w", "h"]):
+        official = boxes_csv.name == "BBox_List_2017.csv"
+        cols = OFFICIAL_BOX_COLUMNS if official else {k: k for k in "xywh"}
+        for row_no, row in read_csv(boxes_csv, ["Image Index", "Finding Label", *cols.values()]):
+            row = {**row, **{k: row[c] for k, c in cols.items()}}
             try:
                 b = Box(float(row["x"]), float(row["y"]), float(row["w"]), float(row["h"]), row["Finding Label"])
             except ValueError:
