@@ -76,6 +76,9 @@ class PretrainConfig:
     augment: AugmentConfig = AugmentConfig(crop_scale=(0.35, 1.0), rotate_deg=15.0, brightness=0.4,
                                            contrast=0.4, gamma=0.4, blur_prob=0.5, noise_std=0.03)
     knn_k: int = 20  # kNN probe on the validation split after each epoch
+    # More images for Stage I only, labels ignored: other data sets (paths or sample:NAME), all their images.
+    # Any file that is also in the run's data set is left out, so no validation or test image is seen.
+    extra_data: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -147,6 +148,25 @@ def _runtime(cfg: Config) -> Runtime:
     return resolve_runtime(distributed.device_for(r.device), r.precision, r.channels_last, r.threads)
 
 
+def extra_pretrain_data(cfg: Config, data: PreparedData) -> list[CachedSplit]:
+    """``pretrain.extra_data``: every image of other data sets, minus any file the run's own data set holds."""
+    own = {Path(r.path).resolve() for r in data.manifest.records}
+    parts = []
+    for path in cfg.pretrain.extra_data:
+        m = load_source(resolve_data_path(path), "auto", strict=cfg.data.strict)
+        keep = np.array([Path(r.path).resolve() not in own for r in m.records], dtype=bool)
+        if (~keep).any():
+            log.warning("pretrain.extra_data %s: %d image(s) belong to the run's data set and are left out",
+                        path, int((~keep).sum()))
+        with distributed.main_first(local=True):
+            cache = build_cache(m, cfg.data.size, cfg.data.cache_dir, cfg.data.resize,
+                                progress=cfg.run.progress and distributed.is_main())
+        part = CachedSplit(cache, np.flatnonzero(keep))
+        log.info("Stage I also uses %d unlabelled image(s) of %s", len(part), path)
+        parts.append(part)
+    return parts
+
+
 def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     run_dir = open_run(cfg)
     seed_everything(cfg.run.seed)
@@ -154,7 +174,8 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     write_split(data, run_dir)
     rt = _runtime(cfg)
     place_data(cfg, data, rt)
-    task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass")
+    extra = extra_pretrain_data(cfg, data)
+    task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass", extra=extra)
     return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress,
                cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile)
 

@@ -52,3 +52,17 @@ def test_sharding_needs_a_divisible_global_batch(split: CachedSplit, monkeypatch
     half = list(split.iterate(4, shuffle=True, seed=5, drop_last=True, shard=True))
     for f, h in zip(full, half, strict=True):  # rank 1 gets the second half of each global batch's images
         assert set(h.index.tolist()) < set(f.index.tolist()) and len(h.index) == 2
+
+
+def test_unlabelled_union_pools_images_of_several_caches(tmp_path: Path, split: CachedSplit) -> None:
+    from deeppneumonia.data.batches import UnlabelledUnion
+
+    other_m = load_source(make_lesion_csv(tmp_path / "o", n=10, size=40, seed=3), "csv")
+    other = CachedSplit(build_cache(other_m, 32, tmp_path / "cache", progress=False), np.arange(10))
+    pool = UnlabelledUnion([split, other])
+    assert len(pool) == 26
+    batches = list(pool.iterate(5, shuffle=True, seed=1, drop_last=True))
+    assert len(batches) == 5 and all(b.images.shape == (5, 1, 32, 32) for b in batches)
+    everything = torch.cat([pool.batch(np.arange(26)).images])
+    mine = torch.cat([split.batch(np.arange(16)).images, other.batch(np.arange(10)).images])
+    assert torch.equal(everything, mine)  # positions 0-15 are the split's, 16-25 the other cache's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -155,3 +156,16 @@ def test_probe_judges_an_encoder_against_random_init(tmp_path: Path, lesion_data
     assert "pretrained: knn_accuracy" in out and "random_init: knn_accuracy" in out
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert f"test {len(split['test'])} images" in out  # the run's own held-out patients
+
+
+def test_stage1_extra_unlabelled_data_leaves_out_the_runs_own_images(tmp_path: Path, lesion_data: Path) -> None:
+    other = make_lesion_csv(tmp_path / "other", n=16, size=48, seed=7)
+    cfg = tiny_config(tmp_path, lesion_data, f"pretrain.extra_data=[{other}, {lesion_data}]")
+    data = prepare_data(cfg, progress=False)
+    from deeppneumonia.pipeline import extra_pretrain_data
+
+    parts = extra_pretrain_data(cfg, data)
+    assert [len(p) for p in parts] == [16, 0]  # the run's own CSV adds nothing: its val/test images stay unseen
+    run_pretrain(cfg, data)
+    hist = json.loads((tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(hist["train_loss"])

@@ -29,40 +29,14 @@ class Batch:
     index: Tensor  # (B,) record indices into the manifest
 
 
-class CachedSplit:
-    """The records ``indices`` of a cache (invalid, undecodable images are dropped here)."""
-
-    def __init__(self, cache: Cache, indices: np.ndarray) -> None:
-        keep = cache.valid[indices]
-        self.cache = cache
-        self.indices = np.asarray(indices)[keep]
-        self.targets = torch.from_numpy(cache.manifest.targets()[self.indices])
-        self.boxes = pad_boxes([cache.boxes(int(i)) for i in self.indices])
-        self.has_box = torch.tensor([bool(cache.manifest.records[int(i)].boxes) for i in self.indices])
-        self.resident: Tensor | None = None  # the split's images on the training device (see ``keep_on``)
-
-    def nbytes(self) -> int:
-        return len(self) * int(self.cache.images.shape[1]) * int(self.cache.images.shape[2])
-
-    def keep_on(self, device: torch.device) -> None:
-        """Copy the split's uint8 images to ``device`` once; batches are then gathered there (the GPU fast path)."""
-        self.resident = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices]))[:, None].to(device)
+class BatchSource:
+    """Anything that gives a batch for positions ``0 .. len-1``; ``iterate`` makes seeded epochs of it."""
 
     def __len__(self) -> int:
-        return len(self.indices)
-
-    def class_counts(self) -> list[int]:
-        return [int(v) for v in torch.nansum(self.targets == 1, dim=0).tolist()]
+        raise NotImplementedError
 
     def batch(self, pos: np.ndarray) -> Batch:
-        order = np.argsort(self.indices[pos])  # read the memmap in increasing offset order
-        pos = pos[order]
-        p = torch.from_numpy(pos)
-        if self.resident is not None:
-            images = self.resident[p.to(self.resident.device)]
-        else:
-            images = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices[pos]]))[:, None]
-        return Batch(images, self.boxes[p], self.has_box[p], self.targets[p], torch.from_numpy(self.indices[pos]))
+        raise NotImplementedError
 
     def iterate(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                 prefetch: int = 2, shard: bool = False) -> Iterator[Batch]:
@@ -116,3 +90,67 @@ class CachedSplit:
                     q.get_nowait()
                 except queue.Empty:
                     t.join(0.01)
+
+
+
+class CachedSplit(BatchSource):
+    """The records ``indices`` of a cache (invalid, undecodable images are dropped here)."""
+
+    def __init__(self, cache: Cache, indices: np.ndarray) -> None:
+        keep = cache.valid[indices]
+        self.cache = cache
+        self.indices = np.asarray(indices)[keep]
+        self.targets = torch.from_numpy(cache.manifest.targets()[self.indices])
+        self.boxes = pad_boxes([cache.boxes(int(i)) for i in self.indices])
+        self.has_box = torch.tensor([bool(cache.manifest.records[int(i)].boxes) for i in self.indices])
+        self.resident: Tensor | None = None  # the split's images on the training device (see ``keep_on``)
+
+    def nbytes(self) -> int:
+        return len(self) * int(self.cache.images.shape[1]) * int(self.cache.images.shape[2])
+
+    def keep_on(self, device: torch.device) -> None:
+        """Copy the split's uint8 images to ``device`` once; batches are then gathered there (the GPU fast path)."""
+        self.resident = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices]))[:, None].to(device)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def class_counts(self) -> list[int]:
+        return [int(v) for v in torch.nansum(self.targets == 1, dim=0).tolist()]
+
+    def batch(self, pos: np.ndarray) -> Batch:
+        order = np.argsort(self.indices[pos])  # read the memmap in increasing offset order
+        pos = pos[order]
+        p = torch.from_numpy(pos)
+        if self.resident is not None:
+            images = self.resident[p.to(self.resident.device)]
+        else:
+            images = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices[pos]]))[:, None]
+        return Batch(images, self.boxes[p], self.has_box[p], self.targets[p], torch.from_numpy(self.indices[pos]))
+
+
+class UnlabelledUnion(BatchSource):
+    """Several splits (of different data sets and caches of one size) as one pool of images for Stage I.
+
+    Only images matter: batches carry empty boxes and targets and index -1. Each batch is drawn from the
+    pooled, seeded order and gathered per member (so sharding and prefetching work as for ``CachedSplit``).
+    """
+
+    def __init__(self, parts: list[CachedSplit]) -> None:
+        sizes = {p.cache.images.shape[1:] for p in parts}
+        if len(sizes) != 1:
+            raise ValueError(f"all parts need one image size; got {sorted(sizes)}")
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def batch(self, pos: np.ndarray) -> Batch:
+        pos = np.sort(pos)
+        member = np.searchsorted(self.offsets, pos, side="right") - 1
+        images = [self.parts[m].batch(pos[member == m] - self.offsets[m]).images for m in np.unique(member)]
+        x = torch.cat(images)
+        b = x.shape[0]
+        return Batch(x, torch.zeros(b, 0, 4), torch.zeros(b, dtype=torch.bool), torch.zeros(b, 0),
+                     torch.full((b,), -1, dtype=torch.long))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from deeppneumonia import distributed
 from deeppneumonia.checkpoint import save_weights
 from deeppneumonia.config import Config
-from deeppneumonia.data.batches import Batch, CachedSplit
+from deeppneumonia.data.batches import Batch, CachedSplit, UnlabelledUnion
 from deeppneumonia.device import Runtime, eval_mode
 from deeppneumonia.evaluation.probe import embed, knn_accuracy
 from deeppneumonia.inputs import make_inputs
@@ -39,8 +39,10 @@ class SimCLRTask:
     name = "pretrain"
 
     def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit | None, rt: Runtime,
-                 multiclass: bool, arch: str = "resnet18") -> None:
+                 multiclass: bool, arch: str = "resnet18", extra: list[CachedSplit] | None = None) -> None:
         self.cfg, self.train, self.val, self.rt = cfg, train, val, rt
+        # the images Stage I trains on: the training split, plus unlabelled images of other data sets
+        self.pool: CachedSplit | UnlabelledUnion = UnlabelledUnion([train, *extra]) if extra else train
         self.pcfg = cfg.pretrain
         self.multiclass = multiclass
         self.arch = arch
@@ -50,19 +52,19 @@ class SimCLRTask:
         self.loss = InfoNCELoss(self.pcfg.temperature)
         self.best_metric = "knn_accuracy" if multiclass and val is not None and len(val) else "contrastive_accuracy"
         bs = self.pcfg.optim.batch_size
-        if len(train) < 2:
+        if len(self.pool) < 2:
             raise ValueError("SimCLR needs at least 2 training images")
-        self.batch_size = min(bs, len(train))
+        self.batch_size = min(bs, len(self.pool))
         self.images_per_batch = self.batch_size
 
     def modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "projector": self.projector}
 
     def steps_per_epoch(self) -> int:
-        return len(self.train) // self.batch_size
+        return len(self.pool) // self.batch_size
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        return self.train.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
+        return self.pool.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
                                   drop_last=True, shard=True)
 
     def _views(self, batch: Batch, g: torch.Generator) -> Tensor:
