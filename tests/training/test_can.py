@@ -29,6 +29,13 @@ def test_can_trains_on_multilabel_data_and_its_checkpoint_predicts(tmp_path: Pat
     assert all(set(labels) <= {"A", "B"} for labels in pred.labels(probs))
     hist = (tmp_path / "run" / "train" / "metrics.jsonl").read_text()
     assert "train_balance" in hist and "train_attention" in hist
+    # the evaluation command reads the per-label CSV in the model's class order and scores the test patients
+    from deeppneumonia.evaluation.runner import evaluate_checkpoint
+
+    res = evaluate_checkpoint(tmp_path / "run" / "train" / "model.safetensors", csv_path, tmp_path / "eval",
+                              cache_dir=tmp_path / "cache", n_boot=20, max_cam_images=4, progress=False)
+    assert res.metrics["images"] == len(data.test)
+    assert set(res.metrics["image"]["per_class"]) == {"A", "B"} and (tmp_path / "eval" / "report.html").is_file()
 
 
 def test_can_refuses_multiclass_data(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
     checkpoint, out = Path(checkpoint), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred = Predictor.from_checkpoint(checkpoint, device)
-    manifest = load_source(data, source)
+    manifest = load_source(data, source, classes=pred.classes)  # a CSV is read in the model's class order
     if tuple(manifest.classes) != tuple(pred.classes):
         raise DataError(f"the data's classes {manifest.classes} differ from the model's {pred.classes}")
     idx, part = select_split(checkpoint, [r.image_id for r in manifest.records], split)

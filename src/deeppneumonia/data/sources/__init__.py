@@ -43,6 +43,9 @@ def load_source(path: str | Path, kind: str = "auto", *, strict: bool = False,
         raise DataError(f"unknown source kind {kind!r}; choose one of {SOURCE_KINDS}")
     if kind == "auto":
         kind = detect_source(path)
+    if kind != "csv" and path.is_file():
+        raise DataError(f"{path} is a file, but source {kind!r} reads a folder; for a CSV use source 'csv' or 'auto' "
+                        "(data.source=auto)")
     plog = ProblemLog(strict)
     if kind == "siim":
         return load_siim(path, plog)
