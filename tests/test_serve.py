@@ -260,3 +260,15 @@ def test_letterbox_boxes_in_original_pixels(tmp_path: Path) -> None:
     assert body["image"]["width"] == 200 and body["heatmap"]["width"] == 512 and body["heatmap"]["height"] == 205
     for b in body["boxes"]:  # never in the letterbox bands
         assert b["y"] >= 0 and b["y"] + b["h"] <= 80 + 0.1
+
+
+def test_cli_serve_is_thin(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deeppneumonia.serve
+    from deeppneumonia.cli import main
+
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(deeppneumonia.serve, "run", lambda ckpt, **kw: calls.append((ckpt, kw)))
+    assert main(["serve", "--checkpoint", str(checkpoint), "--port", "8123", "--max-upload-mb", "5"]) == 0
+    ckpt, kw = calls[0]
+    assert ckpt == checkpoint and kw["host"] == "127.0.0.1" and kw["port"] == 8123 and kw["max_upload_mb"] == 5
+    assert "max_pixels" not in kw and kw["heatmap"] is True  # unset limits keep serve's defaults
