@@ -78,16 +78,24 @@ def _status_of(exc: ImageReadError) -> int:
     return 422
 
 
-async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, read from the stream; UploadError(413) once it is longer than ``cap`` bytes."""
+def _mib(n: int) -> str:
+    return f"{n} bytes ({n / 2**20:.3g} MiB)"
+
+
+async def read_body(request: Request, cap: int, limit: int | None = None) -> bytes:
+    """The request body, read from the stream; UploadError(413) once it is longer than ``cap`` bytes.
+
+    ``limit`` is the upload limit named in the message (``cap`` minus the multipart allowance).
+    """
+    limit = cap if limit is None else limit
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise UploadError(413, f"upload too large: {int(declared)} bytes declared, the limit is about {cap} bytes")
+        raise UploadError(413, f"upload too large: {int(declared)} bytes sent, the limit is {_mib(limit)}")
     buf = bytearray()
     async for chunk in request.stream():
         buf += chunk
         if len(buf) > cap:
-            raise UploadError(413, f"upload too large: more than {cap} bytes received")
+            raise UploadError(413, f"upload too large: more than the limit of {_mib(limit)} sent")
     return bytes(buf)
 
 
@@ -147,7 +155,7 @@ def multipart_file(body: bytes, content_type: str, limit: int, field: str = "fil
         raise UploadError(400, f"no file in the upload: send multipart/form-data with the image in a field named "
                                f"{field!r} (e.g. curl -F {field}=@image.png)")
     if len(chosen[0]) > limit:
-        raise UploadError(413, f"upload too large: the file has {len(chosen[0])} bytes, the limit is {limit} bytes")
+        raise UploadError(413, f"upload too large: the file has {len(chosen[0])} bytes, the limit is {_mib(limit)}")
     return chosen
 
 
@@ -226,6 +234,11 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         log.warning("out of memory while decoding an upload")
         return JSONResponse({"detail": "image too large to decode in the memory available"}, status_code=413)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         msgs = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors())
@@ -260,7 +273,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         content_type = request.headers.get("content-type", "")
         media = content_type.split(";")[0].strip().lower()
         if media == "multipart/form-data":
-            body = await read_body(request, limit + MULTIPART_ALLOWANCE)
+            body = await read_body(request, limit + MULTIPART_ALLOWANCE, limit)
             data, filename = multipart_file(body, content_type, limit)
         elif media in _RAW_TYPES:
             data, filename = await read_body(request, limit), ""
