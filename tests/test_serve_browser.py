@@ -53,7 +53,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    os.environ["SE_OFFLINE"] = "true"  # belt and braces: the explicit Service path already avoids Selenium Manager
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SE_OFFLINE", "true")  # belt and braces: the explicit Service path already avoids Selenium Manager
+        yield from _chromium()
+
+
+def _chromium() -> Iterator[Any]:
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
