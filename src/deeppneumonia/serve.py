@@ -274,18 +274,18 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         media = content_type.split(";")[0].strip().lower()
         if media == "multipart/form-data":
             body = await read_body(request, limit + MULTIPART_ALLOWANCE, limit)
-            data, filename = multipart_file(body, content_type, limit)
         elif media in _RAW_TYPES:
-            data, filename = await read_body(request, limit), ""
+            body = await read_body(request, limit)
         else:
             raise UploadError(415, f"unsupported content type {media or '(none)'!r}: send multipart/form-data with "
                                    f"a 'file' field, or the raw image bytes as {', '.join(_RAW_TYPES)}")
-        if not data:
-            raise UploadError(400, "empty upload: the file has 0 bytes")
-        # the client's file name is never a path; only its .dcm ending counts (preamble-less DICOM)
-        name = "upload.dcm" if filename.lower().endswith(".dcm") or media == "application/dicom" else "upload"
 
-        def work() -> dict[str, Any]:
+        def work() -> dict[str, Any]:  # in the threadpool: parsing, decoding and inference never block the loop
+            data, filename = multipart_file(body, content_type, limit) if media == "multipart/form-data" else (body, "")
+            if not data:
+                raise UploadError(400, "empty upload: the file has 0 bytes")
+            # the client's file name is never a path; only its .dcm ending counts (preamble-less DICOM)
+            name = "upload.dcm" if filename.lower().endswith(".dcm") or media == "application/dicom" else "upload"
             with slots:
                 return analyzer.analyse(data, name, heatmap)
 
