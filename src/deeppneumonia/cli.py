@@ -226,6 +226,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from deeppneumonia import serve
+    except ImportError as exc:
+        raise DeepPneumoniaError(f"serving needs the serve extra ({exc.name} is missing): "
+                                 "pip install 'deeppneumonia[serve]'") from exc
+    limits = {k: getattr(args, k) for k in ("max_upload_mb", "max_pixels", "max_concurrency")
+              if getattr(args, k) is not None}  # unset: serve's defaults
+    serve.run(args.checkpoint, host=args.host, port=args.port, heatmap=not args.no_heatmap, device=args.device,
+              **limits)
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
     p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
@@ -311,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("model.onnx"))
     p.add_argument("--with-features", action="store_true", help="also output the last stage's activations (CAM)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("serve", help="web page and HTTP API for one model (FastAPI; needs the serve extra)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=None, help="largest accepted upload in MiB (default 32)")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest accepted width x height (default 40e6)")
+    p.add_argument("--max-concurrency", type=int, default=None, help="uploads decoded at once (default 4)")
+    p.add_argument("--no-heatmap", action="store_true", help="no Grad-CAM overlays or boxes")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")

@@ -15,6 +15,14 @@ class ImageReadError(DataError):
     """An image file could not be decoded (missing, empty, truncated, corrupt, unsupported, too large)."""
 
 
+class NotAnImageError(ImageReadError):
+    """The content is not a JPEG, PNG or DICOM file (judged from its magic bytes, never its name)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The header declares dimensions above the guards (decompression-bomb protection); nothing was decoded."""
+
+
 class UnsupportedTransferSyntaxError(ImageReadError):
     """A DICOM file is compressed with a transfer syntax for which no decoder plugin is installed."""
 

@@ -3,8 +3,9 @@
 Every reader returns a :class:`DecodedImage` whose ``pixels`` are ``(H, W)`` float32 in ``[0, 1]`` with
 bright = dense (the DICOM MONOCHROME2 convention), and every failure raises
 :class:`~deeppneumonia.errors.ImageReadError` (or its subclass
-:class:`~deeppneumonia.errors.UnsupportedTransferSyntaxError`) with a message naming the file and
-saying what is wrong.
+:class:`~deeppneumonia.errors.UnsupportedTransferSyntaxError`, :class:`~deeppneumonia.errors.NotAnImageError`
+for content that is no image, :class:`~deeppneumonia.errors.ImageTooLargeError` for dimensions above the
+guards) with a message naming the file and saying what is wrong.
 
 * The format is found from the magic bytes, never from the extension.
 * Dimensions are checked against ``max_pixels`` / ``max_side`` from the header, before any pixel is
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from deeppneumonia.errors import ImageReadError, UnsupportedTransferSyntaxError
+from deeppneumonia.errors import ImageReadError, ImageTooLargeError, NotAnImageError, UnsupportedTransferSyntaxError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -152,7 +153,7 @@ def detect_format(path: Path | str) -> str:
         return fmt
     if path.suffix.lower() == ".dcm" and _looks_like_headless_dicom(path):
         return "DICOM"
-    raise ImageReadError(_not_an_image_message(str(path), head))
+    raise NotAnImageError(_not_an_image_message(str(path), head))
 
 
 def probe_image(path: Path | str) -> ImageInfo:
@@ -234,7 +235,7 @@ def read_image_bytes(
         if name.lower().endswith(".dcm") and _looks_like_headless_dicom(data):
             fmt = "DICOM"
         else:
-            raise ImageReadError(_not_an_image_message(name, data[:_HEAD_BYTES]))
+            raise NotAnImageError(_not_an_image_message(name, data[:_HEAD_BYTES]))
     return _decode(data, fmt, name, max_pixels, max_side)
 
 
@@ -296,12 +297,12 @@ def _check_dims(info: ImageInfo, name: str, max_pixels: int, max_side: int) -> N
     if w <= 0 or h <= 0:
         raise ImageReadError(f"{name}: invalid image dimensions {w}x{h}")
     if max(w, h) > max_side:
-        raise ImageReadError(
+        raise ImageTooLargeError(
             f"{name}: image is {w}x{h}, a side is longer than the limit of {max_side} pixels "
             "(max_side); refusing to decode it"
         )
     if w * h > max_pixels:
-        raise ImageReadError(
+        raise ImageTooLargeError(
             f"{name}: image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} pixels "
             "(max_pixels, decompression-bomb guard); refusing to decode it"
         )
@@ -332,7 +333,7 @@ def _pil_guard(name: str, fmt: str) -> Iterator[None]:
     except (ImageReadError, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"{name}: image too large (Pillow decompression-bomb guard): {exc}") from exc
+        raise ImageTooLargeError(f"{name}: image too large (Pillow decompression-bomb guard): {exc}") from exc
     except Exception as exc:
         what = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageReadError(f"{name}: {what} {fmt} file: {type(exc).__name__}: {exc}") from exc
@@ -343,6 +344,14 @@ def _png_header(head: bytes) -> tuple[int, int] | None:
     if len(head) < 26 or head[12:16] != b"IHDR":
         return None
     return head[24], head[25]
+
+
+def _check_png_header_dims(data: bytes, name: str, max_pixels: int, max_side: int) -> None:
+    """Check the IHDR dimensions before Pillow sees the file, so the message names our limits, not Pillow's."""
+    if len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack_from(">II", data, 16)
+        if width > 0 and height > 0:
+            _check_dims(ImageInfo("PNG", width, height, 1, 8), name, max_pixels, max_side)
 
 
 def _pil_info(img: Image.Image, fmt: str, head: bytes) -> ImageInfo:
@@ -390,6 +399,8 @@ def _check_jpeg_complete(data: bytes, name: str) -> None:
 
 
 def _decode_pil(data: bytes, fmt: str, name: str, max_pixels: int, max_side: int) -> DecodedImage:
+    if fmt == "PNG":
+        _check_png_header_dims(data, name, max_pixels, max_side)
     with _pil_guard(name, fmt):
         img = Image.open(io.BytesIO(data), formats=_pil_formats(fmt))
         with img:
