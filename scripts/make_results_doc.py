@@ -1,8 +1,9 @@
-"""Write docs/results.md from the JSON files that `deeppneumonia ablate` and `deeppneumonia compare` wrote.
+"""Write docs/results.md from the JSON files that `deeppneumonia ablate`, `compare` and `multilabel` wrote.
 
 Nothing in the tables is typed by hand: re-run the commands quoted in the document, then this script.
 Usage: python scripts/make_results_doc.py --ablation runs/ablation-siim-cpu/ablation.json \
-           --comparison runs/compare-siim-cpu/comparison.json [--out docs/results.md]
+           --comparison runs/compare-siim-cpu/comparison.json [--multilabel runs/multilabel-nih-cpu/multilabel.json]
+           [--section docs/results_localization.md] [--out docs/results.md]
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import argparse
 import json
 from pathlib import Path
 
-from deeppneumonia.experiments import ablation_markdown, comparison_markdown
+from deeppneumonia.experiments import ablation_markdown, comparison_markdown, multilabel_markdown
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ablation", type=Path, action="append", default=[], help="ablation.json (repeatable)")
     ap.add_argument("--comparison", type=Path, action="append", default=[], help="comparison.json (repeatable)")
+    ap.add_argument("--multilabel", type=Path, action="append", default=[], help="multilabel.json (repeatable)")
+    ap.add_argument("--section", type=Path, action="append", default=[], help="a markdown section to include")
     ap.add_argument("--intro", type=Path, default=Path("docs/results_intro.md"))
     ap.add_argument("--discussion", type=Path, default=Path("docs/results_discussion.md"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
@@ -28,14 +31,22 @@ def main() -> None:
         cmd = f"deeppneumonia ablate -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " + \
               " ".join(s["overrides"])
         parts += [f"\n## Table I (ablation): {s['data']}\n", ablation_markdown(s, cmd.strip())]
+    ablations = {json.loads(p.read_text())["data"]: p for p in args.ablation}
     for path in args.comparison:
         s = json.loads(path.read_text())
         flags = "" if s.get("deep", "VGG16" in s["results"]) else "--no-deep "
-        if "ResNet18" in s["results"] and args.ablation:
-            flags += f"--ablation {args.ablation[0]} "
+        if "ResNet18" in s["results"] and s["data"] in ablations:
+            flags += f"--ablation {ablations[s['data']]} "
         cmd = f"deeppneumonia compare -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} {flags}" + \
               f"--out {path.parent} " + " ".join(s["overrides"])
         parts += [f"\n## Table II (comparison): {s['data']}\n", comparison_markdown(s, cmd.strip())]
+    for path in args.multilabel:
+        s = json.loads(path.read_text())
+        cmd = f"deeppneumonia multilabel -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " \
+              + " ".join(s["overrides"])
+        parts += [f"\n## Multi-label: CAN against the sigmoid baseline, {s['data']}\n", multilabel_markdown(s, cmd.strip())]
+    for path in args.section:
+        parts.append("\n" + path.read_text())
     if args.discussion.is_file():
         parts.append("\n" + args.discussion.read_text())
     args.out.write_text("\n".join(parts))
