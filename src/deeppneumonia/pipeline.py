@@ -42,7 +42,8 @@ from deeppneumonia.training.supervised import SupervisedTask
 log = logging.getLogger(__name__)
 
 # Keys that may differ when a run folder is reused (they do not change what is computed).
-_VOLATILE = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "checkpoint_minutes")}
+_VOLATILE = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "checkpoint_minutes"),
+             ("data", "cache_dir")}  # the cache is found by its fingerprint wherever it lives
 
 
 def resolve_data_path(path: str) -> Path:
