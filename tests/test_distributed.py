@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,12 +103,13 @@ def test_ranks_agree_after_training_and_only_rank0_writes(ddp_run) -> None:
         assert np.isfinite(rec["train_loss"])
 
 
-def test_resume_at_another_world_size(ddp_run) -> None:
+def test_resume_at_another_world_size(ddp_run, tmp_path: Path) -> None:
     csv_path, out, _ = ddp_run
     cfg = config(csv_path, out)
     data = prepare_data(cfg, progress=False)
     task, rt = make_task("train", cfg, data.train, data.val, data.manifest.classes)
-    run_dir = out / "run" / "train"
+    run_dir = tmp_path / "train"  # a copy: the other tests read the 2-process run folder as it was left
+    shutil.copytree(out / "run" / "train", run_dir)
     result = fit(task, dataclasses.replace(cfg.train.optim, epochs=2), run_dir, rt, seed=0, progress=False)
     assert result.epochs_run == 2  # epoch 1 came from the 2-process run's last.pt, epoch 2 ran here
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2

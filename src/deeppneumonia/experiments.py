@@ -182,7 +182,9 @@ MULTILABEL_METHODS = (
 )
 
 
-def _per_finding_auroc(classes: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def _per_finding_auroc(classes: tuple[str, ...], scored: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """AUROC per finding, and "mean" over the findings ``scored`` (those with positives in the full test part):
+    a bootstrap resample where one of them is undefined gives NaN, so every mean is over the same findings."""
     from sklearn.metrics import roc_auc_score
 
     def fn(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
@@ -191,8 +193,7 @@ def _per_finding_auroc(classes: tuple[str, ...]):  # type: ignore[no-untyped-def
             known = ~np.isnan(t[:, k])
             y = t[known, k]
             out[c] = float(roc_auc_score(y, p[known, k])) if 0 < y.sum() < y.size else float("nan")
-        vals = [v for v in out.values() if not np.isnan(v)]
-        out["mean"] = float(np.mean(vals)) if vals else float("nan")
+        out["mean"] = float(np.mean([out[c] for c in scored])) if scored else float("nan")
         return out
 
     return fn
@@ -214,7 +215,8 @@ def run_multilabel_comparison(preset: str, overrides: list[str], seeds: list[int
     classes = data.manifest.classes
     targets = data.test.targets.numpy()
     patients = [data.manifest.records[int(i)].patient_id for i in data.test.indices]
-    fn = _per_finding_auroc(classes)
+    has_both = [0 < np.nansum(targets[:, k] == 1) < (~np.isnan(targets[:, k])).sum() for k in range(len(classes))]
+    fn = _per_finding_auroc(classes, tuple(c for c, ok in zip(classes, has_both, strict=True) if ok))
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in MULTILABEL_METHODS}
     for seed in seeds:
         seed_dir = out_dir / f"seed{seed}"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deeppneumonia.errors import CheckpointError
 from deeppneumonia.predictor import Predictor
 
 
@@ -35,6 +36,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, with_features: bool = F
                 atol: float = 1e-4) -> dict[str, Any]:
     """Write ``out`` (.onnx) and ``out``.json; return the parity report against PyTorch (raises if it fails)."""
     pred = Predictor.from_checkpoint(checkpoint, device="cpu")
+    if with_features and not isinstance(pred.model.fc, nn.Linear):
+        raise CheckpointError(f"{checkpoint}: --with-features exports the CAM layer of a plain classifier (fc weights); "
+                              f"a {pred.meta['arch']} network has no such head. Export without it.")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model: nn.Module = _WithFeatures(pred.model) if with_features else pred.model

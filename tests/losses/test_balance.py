@@ -54,9 +54,9 @@ def test_nan_labels_contribute_nothing() -> None:
     other[0, 1] += 100.0
     assert loss_fn(other, with_nan) == pytest.approx(float(loss.detach()))
     # all unknown: zero loss, still differentiable
-    assert float(loss_fn(logits, torch.full_like(target, math.nan))) == 0.0
-    att = torch.rand(16, 5, 3, 3)
-    assert float(cross_attention_loss(att, torch.full_like(target, math.nan))) == 0.0
+    assert float(loss_fn(logits.detach(), torch.full_like(target, math.nan))) == 0.0
+    att = torch.randn(16, 5, 3, 3)
+    assert float(cross_attention_loss(att, att, torch.full_like(target, math.nan))) == 0.0
 
 
 def test_focusing_down_weights_easy_samples() -> None:
@@ -69,7 +69,19 @@ def test_focusing_down_weights_easy_samples() -> None:
 
 def test_attention_loss_wants_a_peak_only_where_the_finding_is() -> None:
     y = torch.tensor([[1.0, 0.0]])
-    good = torch.zeros(1, 2, 4, 4)
-    good[0, 0, 1, 2] = 0.95  # finding 0 present: one peak; finding 1 absent: no attention
-    bad = torch.full((1, 2, 4, 4), 0.5)
-    assert cross_attention_loss(good, y) < cross_attention_loss(bad, y)
+    good = torch.full((1, 2, 4, 4), -6.0)
+    good[0, 0, 1, 2] = 6.0  # finding 0 present: one peak in both branches; finding 1 absent: no attention
+    flat = torch.zeros(1, 2, 4, 4)
+    assert cross_attention_loss(good, good, y) < cross_attention_loss(flat, flat, y)
+    # the peak is the max over positions of M = sigmoid(a) * sigmoid(b)
+    a, b = torch.randn(3, 2, 5, 5), torch.randn(3, 2, 5, 5)
+    y2 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    q = (torch.sigmoid(a) * torch.sigmoid(b)).flatten(2).amax(2)
+    torch.testing.assert_close(cross_attention_loss(a, b, y2), F.binary_cross_entropy(q, y2))
+
+
+def test_attention_loss_keeps_its_gradient_when_the_maps_saturate() -> None:
+    a = torch.full((1, 1, 2, 2), 30.0, requires_grad=True)  # sigmoid(30) == 1 in fp32 (and bf16)
+    loss = cross_attention_loss(a, a.detach(), torch.zeros(1, 1))  # absent finding, fully attended
+    loss.backward()
+    assert torch.isfinite(loss) and a.grad is not None and float(a.grad.abs().sum()) > 0

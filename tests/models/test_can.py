@@ -33,3 +33,18 @@ def test_branches_start_different_and_an_encoder_loads_into_the_trunk_and_branch
     load_encoder(model, encoder_state(enc))
     torch.testing.assert_close(model.layer4[0].conv1.weight, enc.layer4[0].conv1.weight)
     torch.testing.assert_close(model.conv1.weight, enc.conv1.weight)
+
+
+def test_export_refuses_a_cam_head_the_network_does_not_have(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from deeppneumonia.checkpoint import save_weights
+    from deeppneumonia.errors import CheckpointError
+    from deeppneumonia.export import export_onnx
+
+    model = build_classifier(2, "can_resnet18")
+    meta = {"kind": "classifier", "arch": "can_resnet18", "in_chans": 1, "classes": ["A", "B"], "task": "multilabel",
+            "preprocessing": {"size": 32, "resize": "squash", "mean": 0.5, "std": 0.25}, "thresholds": None}
+    save_weights(tmp_path / "m.safetensors", model.state_dict(), meta)
+    with pytest.raises(CheckpointError, match="with-features"):
+        export_onnx(tmp_path / "m.safetensors", tmp_path / "m.onnx", with_features=True)

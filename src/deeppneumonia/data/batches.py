@@ -150,7 +150,8 @@ class UnlabelledUnion(BatchSource):
         pos = np.sort(pos)
         member = np.searchsorted(self.offsets, pos, side="right") - 1
         images = [self.parts[m].batch(pos[member == m] - self.offsets[m]).images for m in np.unique(member)]
-        x = torch.cat(images)
+        device = images[0].device if self.parts[0].resident is None else self.parts[0].resident.device
+        x = torch.cat([im.to(device) for im in images])  # the training split may be resident on the GPU
         b = x.shape[0]
         return Batch(x, torch.zeros(b, 0, 4), torch.zeros(b, dtype=torch.bool), torch.zeros(b, 0),
                      torch.full((b,), -1, dtype=torch.long))

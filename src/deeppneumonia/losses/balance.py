@@ -94,13 +94,20 @@ class MultiLabelBalanceLoss(nn.Module):
             return elem.sum() / known.sum().clamp_min(1)
 
 
-def cross_attention_loss(cross: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
-    """BCE between the peak of each finding's cross-attention map (B, C, h, w) and its label (B, C); NaN masked."""
-    with torch.autocast(device_type=cross.device.type, enabled=False):
-        q = cross.float().flatten(2).amax(2).clamp(eps, 1 - eps)
+def cross_attention_loss(logit_a: Tensor, logit_b: Tensor, target: Tensor) -> Tensor:
+    """BCE between the peak of each finding's cross-attention map and its label; NaN labels masked.
+
+    Takes the two branches' attention *logits* (B, C, h, w): ``log M = logsigmoid(l_A) + logsigmoid(l_B)`` and
+    ``log q = max_xy log M`` are computed in fp32 in log space, so a saturated map (M == 1 in bf16) still has a
+    gradient; ``log(1 - q) = log(-expm1(log q))``.
+    """
+    with torch.autocast(device_type=logit_a.device.type, enabled=False):
+        log_m = F.logsigmoid(logit_a.float()) + F.logsigmoid(logit_b.float())
+        log_q = log_m.flatten(2).amax(2)
+        log_1mq = torch.log(-torch.expm1(log_q).clamp(max=-1e-30))  # q < 1 always; the clamp guards q == 1
         target = target.float()
         known = ~torch.isnan(target)
         y = torch.where(known, target, torch.zeros_like(target))
-        elem = -(y * torch.log(q) + (1 - y) * torch.log1p(-q))
+        elem = -(y * log_q + (1 - y) * log_1mq)
         elem = torch.where(known, elem, torch.zeros_like(elem))
         return elem.sum() / known.sum().clamp_min(1)

@@ -56,14 +56,16 @@ class CrossAttentionResNet(ResNet):
 
     def attend(self, fa: Tensor, fb: Tensor) -> dict[str, Tensor]:
         """Per-class maps of each branch, their Hadamard product M and the logits (see the module docstring)."""
-        a_a, a_b = torch.sigmoid(self.att_a(fa)), torch.sigmoid(self.att_b(fb))
+        la, lb = self.att_a(fa), self.att_b(fb)  # attention logits; the loss works on these (log space)
+        a_a, a_b = torch.sigmoid(la), torch.sigmoid(lb)
         m = a_a * a_b  # (B, C, h, w): the cross-attention
         weights = m / m.sum((2, 3), keepdim=True).clamp_min(1e-6)
         va = torch.einsum("bchw,bdhw->bcd", weights, fa)  # (B, C, 512): class-wise attention pooling
         vb = torch.einsum("bchw,bdhw->bcd", weights, fb)
         logits_a = (va * self.cls_a).sum(-1) + self.bias_a
         logits_b = (vb * self.cls_b).sum(-1) + self.bias_b
-        return {"att_a": a_a, "att_b": a_b, "cross": m, "logits_a": logits_a, "logits_b": logits_b,
+        return {"att_a": a_a, "att_b": a_b, "att_logit_a": la, "att_logit_b": lb, "cross": m,
+                "logits_a": logits_a, "logits_b": logits_b,
                 "logits": (logits_a + logits_b) / 2}
 
     def forward_all(self, x: Tensor) -> dict[str, Tensor]:

@@ -53,6 +53,7 @@ class CANTask(SupervisedTask):
         x, _ = make_inputs(batch, self.rt, d.mean, d.std, self.tcfg.augment, g)
         out = self.model.forward_all(x)  # type: ignore[operator]
         y = batch.target.to(self.rt.device)
-        losses = {"balance": self.balance(out["logits"], y), "attention": cross_attention_loss(out["cross"], y)}
+        losses = {"balance": self.balance(out["logits"], y),
+                  "attention": cross_attention_loss(out["att_logit_a"], out["att_logit_b"], y)}
         losses["loss"] = losses["balance"] + self.tcfg.can.attention_weight * losses["attention"]
         return losses

@@ -174,8 +174,14 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                 with rt.autocast():
                     losses = step_module(batch, g)
                 loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise DeepPneumoniaError(f"{task.name}: loss is {loss.item()} at epoch {epoch + 1}, step {n + 1}"
+                bad = not bool(torch.isfinite(loss))
+                due = time.perf_counter() - last_save > checkpoint_minutes * 60 and n + 1 < steps
+                if distributed.is_distributed():  # one decision for all ranks: rank clocks and losses differ
+                    flags = distributed.mean_across_ranks({"bad": float(bad), "due": float(due)})
+                    bad, due = flags["bad"] > 0, flags["due"] > 0
+                if bad:
+                    raise DeepPneumoniaError(f"{task.name}: non-finite loss ({loss.item()} here) at epoch {epoch + 1}, "
+                                             f"step {n + 1}"
                                              f"; parts {({k: float(v) for k, v in losses.items()})}. Lower the "
                                              "learning rate or check the inputs.")
                 opt.zero_grad(set_to_none=True)
@@ -187,9 +193,6 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-                due = time.perf_counter() - last_save > checkpoint_minutes * 60 and n < steps
-                if distributed.is_distributed():
-                    due = distributed.mean_across_ranks({"due": float(due)})["due"] > 0  # rank clocks differ
                 if due:
                     states = distributed.gather_objects(g.get_state())
                     save(epoch - 1, {"step": n, "generator": states if len(states) > 1 else states[0],
