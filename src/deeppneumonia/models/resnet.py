@@ -19,7 +19,14 @@ ARCHS = ("resnet18", "resnet50", "vgg16")
 
 
 def build_classifier(num_classes: int, arch: str = "resnet18", in_chans: int = 1) -> ResNet:
-    """A randomly initialised ResNet (or, as a Table II baseline, VGG16) whose stem takes ``in_chans`` channels."""
+    """A randomly initialised ResNet (or, as a Table II baseline, VGG16) whose stem takes ``in_chans`` channels.
+
+    ``resnet18_msaNN`` (e.g. ``resnet18_msa34``) is the multi-scale aggregation variant of IAM (``models/msa.py``).
+    """
+    if "_msa" in arch:
+        from deeppneumonia.models.msa import build_msa_classifier
+
+        return build_msa_classifier(num_classes, arch, in_chans)
     if arch == "vgg16":
         vgg = vgg16(weights=None, num_classes=num_classes)
         vgg.features[0] = nn.Conv2d(in_chans, 64, kernel_size=3, padding=1)
@@ -56,8 +63,8 @@ def encoder_state(model: ResNet) -> dict[str, Tensor]:
 
 
 def load_encoder(model: ResNet, state: dict[str, Tensor]) -> None:
-    """Load Stage I encoder weights into a classifier; the new ``fc`` stays randomly initialised."""
+    """Load Stage I encoder weights into a classifier; the new ``fc`` (and MSA projections) stay randomly initialised."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not k.startswith("fc.")]
+    bad = [k for k in missing if not k.startswith(("fc.", "msa."))]  # msa.*: the MSA projections start afresh
     if bad or unexpected:
         raise ValueError(f"encoder does not match the network: missing {bad[:5]}, unexpected {unexpected[:5]}")
