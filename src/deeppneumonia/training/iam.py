@@ -90,15 +90,17 @@ def erase(x: Tensor, mask: Tensor, fill: str, zero_value: float = 0.0) -> Tensor
     """Replace the pixels of ``x`` (B, 1, H, W, normalised) where ``mask`` (B, 1, H, W bool) is set.
 
     ``mean``: the image's own mean (normalised units); ``zero``: ``zero_value`` (the normalised value of a black
-    pixel); ``blur``: the image blurred with sigma = H / 8, which removes the finding's texture but keeps the
-    coarse brightness of the anatomy, so the erased patch is a weaker give-away than a flat one.
+    pixel); ``blur``: a coarse inpainting: the region is mean-filled, then the image is blurred with sigma = H / 16
+    and the blurred values fill the region, so the surrounding anatomy's brightness flows in while the finding's
+    own intensity and texture do not (a weaker give-away than a flat patch).
     """
+    mean = x.mean((1, 2, 3), keepdim=True).expand_as(x)
     if fill == "mean":
-        value = x.mean((1, 2, 3), keepdim=True).expand_as(x)
+        value = mean
     elif fill == "zero":
         value = torch.full_like(x, zero_value)
     elif fill == "blur":
-        value = gaussian_blur(x, max(1.0, x.shape[-1] / 8))
+        value = gaussian_blur(torch.where(mask, mean, x), max(1.0, x.shape[-1] / 16))
     else:
         raise ValueError(f"unknown erase fill {fill!r}; choose mean, zero or blur")
     return torch.where(mask, value, x)
