@@ -156,6 +156,11 @@ def test_iam_end_to_end_and_mid_epoch_resume(tmp_path: Path, lesion_data: Path, 
     x = torch.randn(3, 1, 48, 48)
     heat = iam_heatmaps([*nets, final.eval()], x, [1, 1, 0])
     assert heat.shape == (3, 48, 48) and heat.min() >= 0 and heat.max() <= 1
+    from deeppneumonia.evaluation.runner import evaluate_checkpoint
+
+    res = evaluate_checkpoint(train_dir / "model.safetensors", lesion_data, tmp_path / "eval", split="test",
+                              cache_dir=tmp_path.parent / "cache", n_boot=5, gallery_per_class=0, progress=False)
+    assert res.metrics["localization_iam"]["rounds"] == 2 and res.metrics["localization_iam"]["overall"]["n"] > 0
 
     killed = tiny_iam_config(tmp_path / "b", lesion_data, "run.checkpoint_minutes=0")  # saves after every step
     original = IAMTask.training_step
