@@ -26,14 +26,15 @@ def test_localize_trains_iam_from_the_baseline_and_scores_every_row(tmp_path: Pa
     summary = run_localization("quick", overrides, tmp_path / "loc", baseline=model, guided=model)
     rows = summary["rows"]
     assert [(r["model"], r["maps"]) for r in rows] == [
-        ("ResNet18", "Grad-CAM"), ("IAM (no MSA)", "round-0 CAM"), ("IAM (no MSA)", "IAM"),
+        ("Centre prior (no model)", "Gaussian"), ("ResNet18", "Grad-CAM"), ("IAM (no MSA)", "round-0 CAM"),
+        ("IAM (no MSA)", "IAM"),
         ("IAM + MSA", "round-0 CAM"), ("IAM + MSA", "IAM"), ("Deep Pneumonia (guided)", "Grad-CAM")]
-    assert rows[2]["arch"] == "resnet18" and rows[4]["arch"] == "resnet18_msa34" and rows[4]["iam_rounds"] == 1
+    assert rows[3]["arch"] == "resnet18" and rows[5]["arch"] == "resnet18_msa34" and rows[5]["iam_rounds"] == 1
     n = summary["boxed_test_images"]
     assert n > 0 and all(r["localization"]["overall"]["n"] == n for r in rows)
     assert all(0 <= r["localization"]["overall"]["tiou@0.1"] <= 1 for r in rows)
     table = localization_markdown(summary, "deeppneumonia localize ...")
-    assert table.count("\n| ") == 7 and "T(IoU)=0.7" in table and "pointing" in table
+    assert table.count("\n| ") == 8 and "T(IoU)=0.7" in table and "pointing" in table
     other = tmp_path / "other" / "run" / "train"
     other.mkdir(parents=True)
     (tmp_path / "other" / "run" / "split.json").write_text('{"test": ["nope"]}')
