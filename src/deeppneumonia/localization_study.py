@@ -87,7 +87,19 @@ def score_heatmaps(pred: Predictor, data: PreparedData, heat: HeatFn, batch_size
         for i, c, h in zip(ids, cls, heat(pred, x, cls), strict=True):
             scores.append(localization_scores(h, [(b.x, b.y, b.w, b.h) for b in cache.boxes(i)]))
             labels.append(pred.classes[c])
-    return summarize_localization(scores, labels)
+    out = summarize_localization(scores, labels)
+    out["per_image"] = {k: [s[k] for s in scores] for k in PAIRED_KEYS}  # same image order for every row
+    return out
+
+
+PAIRED_KEYS = ("tiou@0.1", "tiou@0.2", "tiou@0.3", "tiou@0.5", "pointing")
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of a - b over the same images and its 95 % CI (normal approximation of the paired differences)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
 def test_classification(pred: Predictor, data: PreparedData) -> dict[str, float]:
@@ -199,4 +211,22 @@ def localization_markdown(summary: dict[str, Any], command: str) -> str:
                   f"{r['test']['macro_f1']:.3f}" if "macro_f1" in r["test"] else "–"]
         cells.append("–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}")
         lines.append(f"| {r['model']} | {r['maps']} | " + " | ".join(cells) + " |")
+    pairs = [(a, b) for a in summary["rows"] for b in summary["rows"]
+             if a["maps"] == "IAM" and b["maps"] == "round-0 CAM" and a["model"] == b["model"]]
+    base = next((r for r in summary["rows"] if r["model"] == "ResNet18"), None)
+    if base is not None:
+        pairs += [(r, base) for r in summary["rows"] if r["maps"] == "IAM"]
+    if pairs:
+        lines += ["", "Paired differences on the same images (mean and 95 % CI):", "",
+                  "| comparison | " + " | ".join(PAIRED_KEYS) + " |", "|---|" + "---|" * len(PAIRED_KEYS)]
+        for a, b in pairs:
+            pa, pb = a["localization"].get("per_image", {}), b["localization"].get("per_image", {})
+            cells = []
+            for k in PAIRED_KEYS:
+                if k in pa and k in pb:
+                    m, lo, hi = paired_difference(pa[k], pb[k])
+                    cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                else:
+                    cells.append("–")
+            lines.append(f"| {a['model']} {a['maps']} − {b['model']} {b['maps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

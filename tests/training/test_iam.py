@@ -105,10 +105,13 @@ def lesion_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_lesion_csv(tmp_path_factory.mktemp("iam_lesions"), n=32, size=48)
 
 
-def test_gradients_never_reach_the_frozen_copy(tmp_path: Path, lesion_data: Path) -> None:
+@pytest.mark.parametrize("task_kind", ["multiclass", "multilabel"])
+def test_gradients_never_reach_the_frozen_copy(tmp_path: Path, lesion_data: Path, task_kind: str) -> None:
+    """Also the multi-label path (sigmoid loss, Bernoulli KL): the one-hot targets are valid 0/1 label vectors."""
     cfg = tiny_iam_config(tmp_path, lesion_data, "train.iam.erase_threshold=0.3")
     data = prepare_data(cfg, progress=False)
-    task = IAMTask(cfg, data.train, data.val, resolve_runtime("cpu", "fp32"), data.manifest.classes, "multiclass")
+    task = IAMTask(cfg, data.train, data.val, resolve_runtime("cpu", "fp32"), data.manifest.classes, task_kind)
+    assert task.cls_loss.mode == ("sigmoid" if task_kind == "multilabel" else "softmax")
     assert [task.round_of(e) for e in range(2)] == [0, 1]
     batches = task.train_batches(1)  # the first epoch of mining round 1 takes the frozen copy
     frozen = task.rounds.nets[0]
