@@ -59,6 +59,17 @@ def _iam_overrides(base: Config, msa: bool, init: Path) -> tuple[str, ...]:
             f"train.optim.epochs={warm + ic.iterations * ic.epochs_per_iteration}")
 
 
+def _training_seconds(run_dir: Path) -> float:
+    """Training time of a run folder's stages (sum of the epochs' train_seconds in metrics.jsonl)."""
+    total = 0.0
+    for stage in ("pretrain", "train"):
+        log_file = run_dir / stage / "metrics.jsonl"
+        if log_file.is_file():
+            total += sum(float(json.loads(line).get("train_seconds", 0.0))
+                         for line in log_file.read_text().splitlines() if line.strip())
+    return total
+
+
 def _check_split(model: Path, data: PreparedData) -> None:
     split_file = model.resolve().parent.parent / "split.json"
     if not split_file.is_file():
@@ -125,11 +136,10 @@ def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline:
 
     def train(name: str, extra: tuple[str, ...], pretrain: bool = False) -> Path:
         c = cfg(name, extra)
-        t0 = time.perf_counter()
         if pretrain:
             run_pretrain(c, data)
         run_train(c, data)
-        minutes[name] = round((time.perf_counter() - t0) / 60, 2)
+        minutes[name] = round(_training_seconds(out_dir / name) / 60, 2)  # from the logs: right on a rerun too
         return out_dir / name / "train" / "model.safetensors"
 
     models: dict[str, Path] = {}
