@@ -113,7 +113,7 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, flo
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def test_classification(pred: Predictor, data: PreparedData) -> dict[str, float]:
+def classification_on_test(pred: Predictor, data: PreparedData) -> dict[str, float]:
     probs = []
     for batch in data.test.iterate(64):
         probs.append(pred.probabilities(pred.preprocess_uint8(batch.images)))
@@ -179,7 +179,7 @@ def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline:
         t0 = time.perf_counter()
         loc = score_heatmaps(pred, data, fn)
         rows.append({"model": label, "maps": maps, "checkpoint": str(models[key]), "arch": pred.meta["arch"],
-                     "iam_rounds": len(rounds), "localization": loc, "test": test_classification(pred, data),
+                     "iam_rounds": len(rounds), "localization": loc, "test": classification_on_test(pred, data),
                      "train_minutes": minutes.get(key), "score_seconds": round(time.perf_counter() - t0, 1)})
         log.info("%s / %s: %s", label, maps, {k: round(v, 3) for k, v in loc["overall"].items()})
     summary = {"preset": preset, "overrides": overrides, "data": base.data.path, "size": base.data.size,

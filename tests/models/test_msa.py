@@ -59,3 +59,12 @@ def test_salient_mask_follows_the_map_and_the_selected_classes() -> None:
     mask = salient_mask(maps, select, 0.9, (4, 4))
     assert mask[0, 0].nonzero().tolist() == [[1, 2]]
     assert not mask[1].any()  # image 1 selects class 0 only, which has no positive value
+
+
+def test_onnx_feature_wrapper_gives_the_msa_networks_own_logits_and_cam_map() -> None:
+    from deeppneumonia.export import _WithFeatures
+
+    m = build_classifier(2, "resnet18_msa34").eval()
+    x = torch.randn(2, 1, 64, 64)
+    logits, feats = _WithFeatures(m)(x)
+    assert torch.allclose(logits, m(x), atol=1e-5) and feats.shape == (2, 512, 4, 4)
