@@ -195,6 +195,18 @@ def _cmd_multilabel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_localize(args: argparse.Namespace) -> int:
+    from deeppneumonia.localization_study import localization_markdown, run_localization
+
+    overrides = list(args.overrides) + (["run.progress=false"] if args.quiet else [])
+    out = Path(args.out)
+    summary = run_localization(args.config, overrides, out, args.baseline, args.guided)
+    table = localization_markdown(summary, "deeppneumonia " + " ".join(sys.argv[1:]))
+    (out / "localization.md").write_text(table)
+    print(table)
+    return 0
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from deeppneumonia.evaluation.probe import probe_encoder
     from deeppneumonia.pipeline import resolve_data_path
@@ -300,6 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/multilabel")
     p.add_argument("--n-boot", type=int, default=1000)
     p.set_defaults(func=_cmd_multilabel)
+
+    p = sub.add_parser("localize", help="IAM (with/without MSA) vs Grad-CAM of ResNet18 and Deep Pneumonia: T(IoU), "
+                       "pointing game on the boxed test images")
+    _add_config_args(p, default="siim-ablation-cpu")
+    p.add_argument("--out", default="runs/localize")
+    p.add_argument("--baseline", type=Path, default=None, help="a ResNet18 model.safetensors of the same split "
+                   "(Table I row 1) instead of training one")
+    p.add_argument("--guided", type=Path, default=None, help="a Deep Pneumonia model.safetensors of the same split "
+                   "(Table I row 5) instead of training one")
+    p.set_defaults(func=_cmd_localize)
 
     p = sub.add_parser("probe", help="judge a Stage I encoder alone: kNN and linear-probe accuracy")
     p.add_argument("--encoder", type=Path, required=True, help="a pretrain/encoder.safetensors")

@@ -105,12 +105,17 @@ class LossConfig:
 class IAMConfig:
     """Iterative Attention Mining (weakly supervised localization from image labels; a reconstruction).
 
-    Epochs ``0 .. warmup_epochs-1`` train the classifier on the images; then ``iterations`` mining rounds
-    of ``epochs_per_iteration`` epochs each: a frozen copy of the network is taken at the start of a round,
-    the most salient region of each positive image (heatmap >= ``erase_threshold`` x its max) is erased
-    with ``erase_fill``, the network is trained on the erased images while the knowledge-preservation loss
-    keeps its responses on the original images close to the frozen copy's. The localization map is the
-    ``aggregate`` of the heatmaps of all rounds. docs/method.md explains each choice.
+    Epochs ``0 .. warmup_epochs-1`` train the classifier on the images (round 0); then ``iterations`` mining
+    rounds of ``epochs_per_iteration`` epochs each (so ``train.optim.epochs`` must equal
+    ``warmup_epochs + iterations * epochs_per_iteration``). At the start of round k a frozen copy of the network
+    is kept; during round k the salient regions of the networks of rounds 0..k-1 (``heatmap`` map of each
+    positive label >= ``erase_threshold`` x its max) are erased with ``erase_fill`` from every positive image
+    (classes named in ``negative_classes`` are never erased), the network is trained on the erased images, and
+    the knowledge-preservation loss (``kp_loss``, weight ``kp_weight``) keeps its responses on the original
+    images close to the frozen copy's. The localization map is the ``aggregate`` of the normalised maps of
+    every round's network. ``init`` starts from a trained classifier (its backbone, and its ``fc`` when the
+    architecture matches), e.g. to mine the attention of an existing model with ``warmup_epochs=0``. Boxes are
+    never used. docs/method.md explains each choice.
     """
 
     warmup_epochs: int = 2
@@ -124,6 +129,8 @@ class IAMConfig:
     msa: bool = True  # multi-scale aggregation: the classifier also pools features of earlier stages
     msa_layers: tuple[int, ...] = (3, 4)
     aggregate: Literal["max", "mean"] = "max"
+    negative_classes: tuple[str, ...] = ("Negative for Pneumonia", "No Finding", "Normal", "clear")  # case-insensitive
+    init: str | None = None  # start from this classifier model.safetensors (then warmup_epochs may be 0)
 
 
 @dataclass(frozen=True)

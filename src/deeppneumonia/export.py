@@ -26,9 +26,10 @@ class _WithFeatures(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        from deeppneumonia.models.resnet import forward_head, forward_stages
+        from deeppneumonia.models.cam import cam_features
+        from deeppneumonia.models.resnet import forward_head
 
-        last = forward_stages(self.model, x)[-1]  # type: ignore[arg-type]
+        last = cam_features(self.model, x)  # layer4, or the aggregated map of an MSA network (IAM)
         return forward_head(self.model, last), last  # type: ignore[arg-type]
 
 

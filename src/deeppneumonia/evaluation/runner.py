@@ -96,6 +96,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
     heads_path = checkpoint.parent / "mgacr_heads.safetensors"
     if heads_path.is_file():
         result["localization_mgacr"] = _score_attention(pred, heads_path, cache, order, max_cam_images)
+    if (checkpoint.parent / "iam_rounds.safetensors").is_file():
+        result["localization_iam"] = _score_iam(pred, checkpoint, cache, order, targets, max_cam_images)
     write_json(out / "metrics.json", result)
     _write_predictions(out / "predictions.csv", recs, probs, pred)
     from deeppneumonia.evaluation.report import write_report
@@ -144,6 +146,27 @@ def _score_attention(pred: Predictor, heads_path: Path, cache: Any, order: np.nd
                     boxes = [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]
                     scores[layer].append(localization_scores(heat, boxes))
     return {f"layer{layer}": summarize_localization(v) for layer, v in scores.items() if v}
+
+
+def _score_iam(pred: Predictor, checkpoint: Path, cache: Any, order: np.ndarray, targets: np.ndarray,
+               max_images: int) -> dict[str, Any]:
+    """Localization of the IAM map (aggregate of the CAMs of every round's network, ``evaluation/iam_maps.py``)."""
+    from deeppneumonia.evaluation.iam_maps import iam_heatmaps, load_round_networks
+
+    rounds, meta = load_round_networks(checkpoint, pred.rt.device)
+    boxed = [k for k, i in enumerate(order) if cache.manifest.records[int(i)].boxes][:max_images]
+    scores, labels = [], []
+    for start in range(0, len(boxed), 32):
+        ks = boxed[start:start + 32]
+        x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
+        cls = [int(np.nanargmax(targets[k])) for k in ks]
+        maps = iam_heatmaps([*rounds, pred.model], x, cls, meta.get("heatmap", "cam"), meta.get("aggregate", "max"))
+        for k, c, heat in zip(ks, cls, maps, strict=True):
+            scores.append(localization_scores(heat, [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]))
+            labels.append(pred.classes[c])
+    out = summarize_localization(scores, labels) if scores else {}
+    out["rounds"] = len(rounds) + 1
+    return out
 
 
 def _explain(pred: Predictor, cache: Any, order: np.ndarray, probs: np.ndarray, targets: np.ndarray, layer: str,

@@ -19,7 +19,14 @@ ARCHS = ("resnet18", "resnet50", "vgg16", "can_resnet18")
 
 
 def build_classifier(num_classes: int, arch: str = "resnet18", in_chans: int = 1) -> ResNet:
-    """A randomly initialised ResNet (or, as a Table II baseline, VGG16) whose stem takes ``in_chans`` channels."""
+    """A randomly initialised ResNet (or, as a Table II baseline, VGG16) whose stem takes ``in_chans`` channels.
+
+    ``resnet18_msaNN`` (e.g. ``resnet18_msa34``) is the multi-scale aggregation variant of IAM (``models/msa.py``).
+    """
+    if "_msa" in arch:
+        from deeppneumonia.models.msa import build_msa_classifier
+
+        return build_msa_classifier(num_classes, arch, in_chans)
     if arch == "can_resnet18":  # Cross-Attention Network (models/can.py), a ResNet with two layer4 branches
         from deeppneumonia.models.can import CrossAttentionResNet
 
@@ -60,9 +67,9 @@ def encoder_state(model: ResNet) -> dict[str, Tensor]:
 
 
 def load_encoder(model: ResNet, state: dict[str, Tensor]) -> None:
-    """Load Stage I encoder weights into a classifier; the new ``fc`` stays randomly initialised."""
+    """Load Stage I encoder weights into a classifier; the new ``fc`` (and MSA projections) stay randomly initialised."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    own = ("fc.", "layer4_b.", "att_a.", "att_b.", "cls_", "bias_")  # heads (and CAN's branch B) start fresh
+    own = ("fc.", "msa.", "layer4_b.", "att_a.", "att_b.", "cls_", "bias_")  # heads, MSA, CAN's branch B: fresh
     bad = [k for k in missing if not k.startswith(own)]
     if bad or unexpected:
         raise ValueError(f"encoder does not match the network: missing {bad[:5]}, unexpected {unexpected[:5]}")
