@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 import deeppneumonia.evaluation.metrics as M
 from deeppneumonia.checkpoint import write_json
@@ -148,23 +150,29 @@ def _score_attention(pred: Predictor, heads_path: Path, cache: Any, order: np.nd
     return {f"layer{layer}": summarize_localization(v) for layer, v in scores.items() if v}
 
 
-def _score_iam(pred: Predictor, checkpoint: Path, cache: Any, order: np.ndarray, targets: np.ndarray,
-               max_images: int) -> dict[str, Any]:
-    """Localization of the IAM map (aggregate of the CAMs of every round's network, ``evaluation/iam_maps.py``)."""
-    from deeppneumonia.evaluation.iam_maps import iam_heatmaps, load_round_networks
-
-    rounds, meta = load_round_networks(checkpoint, pred.rt.device)
+def _boxed_localization(pred: Predictor, cache: Any, order: np.ndarray, targets: np.ndarray, max_images: int,
+                        heatmaps: Callable[[Tensor, list[int]], Any]) -> dict[str, Any]:
+    """Score ``heatmaps(x, classes)`` of the true class against the boxes on (up to ``max_images``) boxed images."""
     boxed = [k for k, i in enumerate(order) if cache.manifest.records[int(i)].boxes][:max_images]
     scores, labels = [], []
     for start in range(0, len(boxed), 32):
         ks = boxed[start:start + 32]
         x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
         cls = [int(np.nanargmax(targets[k])) for k in ks]
-        maps = iam_heatmaps([*rounds, pred.model], x, cls, meta.get("heatmap", "cam"), meta.get("aggregate", "max"))
-        for k, c, heat in zip(ks, cls, maps, strict=True):
+        for k, c, heat in zip(ks, cls, heatmaps(x, cls), strict=True):
             scores.append(localization_scores(heat, [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]))
             labels.append(pred.classes[c])
-    out = summarize_localization(scores, labels) if scores else {}
+    return summarize_localization(scores, labels) if scores else {}
+
+
+def _score_iam(pred: Predictor, checkpoint: Path, cache: Any, order: np.ndarray, targets: np.ndarray,
+               max_images: int) -> dict[str, Any]:
+    """Localization of the IAM map (aggregate of the CAMs of every round's network, ``evaluation/iam_maps.py``)."""
+    from deeppneumonia.evaluation.iam_maps import iam_heatmaps, load_round_networks
+
+    rounds, meta = load_round_networks(checkpoint, pred.rt.device)
+    out = _boxed_localization(pred, cache, order, targets, max_images, lambda x, cls: iam_heatmaps(
+        [*rounds, pred.model], x, cls, meta.get("heatmap", "cam"), meta.get("aggregate", "max")))
     out["rounds"] = len(rounds) + 1
     return out
 
@@ -172,18 +180,7 @@ def _score_iam(pred: Predictor, checkpoint: Path, cache: Any, order: np.ndarray,
 def _explain(pred: Predictor, cache: Any, order: np.ndarray, probs: np.ndarray, targets: np.ndarray, layer: str,
              max_images: int, per_class: int) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """Grad-CAM of the true class on boxed images, scored against the boxes; and a gallery of cases."""
-    boxed = [k for k, i in enumerate(order) if cache.manifest.records[int(i)].boxes][:max_images]
-    scores, labels = [], []
-    for start in range(0, len(boxed), 32):
-        ks = boxed[start:start + 32]
-        x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
-        cls = [int(np.nanargmax(targets[k])) for k in ks]
-        maps = gradcam(pred.model, x, cls, layer)
-        for k, c, heat in zip(ks, cls, maps, strict=True):
-            boxes = [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]
-            scores.append(localization_scores(heat, boxes))
-            labels.append(pred.classes[c])
-    loc = summarize_localization(scores, labels) if scores else {}
+    loc = _boxed_localization(pred, cache, order, targets, max_images, lambda x, cls: gradcam(pred.model, x, cls, layer))
     gallery: list[tuple[str, Any]] = []
     if len(order):
         truth = targets.argmax(1) if not pred.multilabel else np.nan_to_num(targets).argmax(1)

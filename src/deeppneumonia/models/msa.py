@@ -89,12 +89,9 @@ class MSAResNet(ResNet):
         self.fc = nn.Linear(self.msa.out_channels, num_classes)
 
     def stages(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        feats = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
-            feats.append(x)
-        return feats
+        from deeppneumonia.models.resnet import forward_stages
+
+        return forward_stages(self, x)
 
     def cam_features(self, x: Tensor) -> Tensor:
         """The map that is globally pooled for ``fc``: (B, width * len(layers), h, w)."""
