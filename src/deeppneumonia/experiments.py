@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 
 from deeppneumonia.config import Config, load_config
 from deeppneumonia.pipeline import PreparedData, prepare_data, run_pretrain, run_train
+from deeppneumonia.training.loop import logged_seconds
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ def run_ablation(preset: str, overrides: list[str], seeds: list[int], out_dir: P
         seed_dir = out_dir / f"seed{seed}"
         encoder = seed_dir / "pretrain" / "encoder.safetensors"
         pre_cfg = _config(preset, overrides, seed_dir, seed, ())
-        t0 = time.perf_counter()
-        pre = run_pretrain(pre_cfg, data)
-        pre_minutes = (time.perf_counter() - t0) / 60 if pre.epochs_run else None
+        run_pretrain(pre_cfg, data)
+        pre_seconds = logged_seconds(seed_dir / "pretrain")
+        pre_minutes = pre_seconds / 60 if pre_seconds is not None else None
         for k, row in enumerate(TABLE1, start=1):
             extra = (*row.overrides, f"train.pretrained={str(row.pretrained).lower()}")
             if row.needs_boxes and not has_boxes:

@@ -40,6 +40,7 @@ from deeppneumonia.experiments import TABLE1, hardware
 from deeppneumonia.explain import gradcam
 from deeppneumonia.pipeline import PreparedData, prepare_data, run_pretrain, run_train
 from deeppneumonia.predictor import Predictor
+from deeppneumonia.training.loop import logged_seconds
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,7 @@ def _iam_overrides(base: Config, msa: bool, init: Path) -> tuple[str, ...]:
 
 def _training_seconds(run_dir: Path) -> float:
     """Training time of a run folder's stages (sum of the epochs' train_seconds in metrics.jsonl)."""
-    total = 0.0
-    for stage in ("pretrain", "train"):
-        log_file = run_dir / stage / "metrics.jsonl"
-        if log_file.is_file():
-            total += sum(float(json.loads(line).get("train_seconds", 0.0))
-                         for line in log_file.read_text().splitlines() if line.strip())
-    return total
+    return sum(logged_seconds(run_dir / stage) or 0.0 for stage in ("pretrain", "train"))
 
 
 def _check_split(model: Path, data: PreparedData) -> None:

@@ -35,7 +35,7 @@ from deeppneumonia.device import Runtime, resolve_runtime, seed_everything
 from deeppneumonia.errors import ConfigError, DataError
 from deeppneumonia.evaluation.metrics import aggregate_by_group, scalar_metrics, to_jsonable
 from deeppneumonia.inference import predict_split
-from deeppneumonia.training.loop import FitResult, Task, fit
+from deeppneumonia.training.loop import FitResult, Task, fit, logged_seconds
 from deeppneumonia.training.simclr import SimCLRTask
 from deeppneumonia.training.supervised import SupervisedTask
 
@@ -266,7 +266,10 @@ def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
         except ValueError as exc:  # images of a study disagree on the label: no study level
             log.warning("no study-level metrics: %s", exc)
     out["best_epoch"] = meta.get("epoch")
-    if result is not None:
+    seconds = logged_seconds(run_dir / "train")  # all epochs, also those of an earlier, resumed invocation
+    if seconds is not None:
+        out["train_minutes"] = round(seconds / 60, 2)
+    elif result is not None:
         out["train_minutes"] = round(result.seconds / 60, 2)
     out = to_jsonable(out)
     write_json(run_dir / "test_metrics.json", out)

@@ -238,5 +238,17 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
     return FitResult(best, best_epoch, len(history), time.perf_counter() - t_start, history)
 
 
+def logged_seconds(stage_dir: Path) -> float | None:
+    """Training time of a stage folder: the sum of its epochs' ``train_seconds`` in metrics.jsonl (None: no log).
+
+    Unlike a wall clock around ``fit``, this survives resuming and re-scoring a finished run.
+    """
+    log_file = stage_dir / "metrics.jsonl"
+    if not log_file.is_file():
+        return None
+    return sum(float(json.loads(line).get("train_seconds", 0.0)) for line in log_file.read_text().splitlines()
+               if line.strip())
+
+
 def _batch_images(task: Task) -> int:
     return int(getattr(task, "images_per_batch", 1))
