@@ -29,7 +29,7 @@ def main() -> None:
     for path in args.ablation:
         s = json.loads(path.read_text())
         cmd = f"deeppneumonia ablate -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " + \
-              " ".join(s["overrides"])
+              " ".join(dict.fromkeys(s["overrides"]))
         parts += [f"\n## Table I (ablation): {s['data']}\n", ablation_markdown(s, cmd.strip())]
     ablations = {json.loads(p.read_text())["data"]: p for p in args.ablation}
     for path in args.comparison:
@@ -38,15 +38,16 @@ def main() -> None:
         if "ResNet18" in s["results"] and s["data"] in ablations:
             flags += f"--ablation {ablations[s['data']]} "
         cmd = f"deeppneumonia compare -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} {flags}" + \
-              f"--out {path.parent} " + " ".join(s["overrides"])
+              f"--out {path.parent} " + " ".join(dict.fromkeys(s["overrides"]))
         parts += [f"\n## Table II (comparison): {s['data']}\n", comparison_markdown(s, cmd.strip())]
     for path in args.multilabel:
         s = json.loads(path.read_text())
         cmd = f"deeppneumonia multilabel -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " \
-              + " ".join(s["overrides"])
+              + " ".join(dict.fromkeys(s["overrides"]))
         parts += [f"\n## Multi-label: CAN against the sigmoid baseline, {s['data']}\n", multilabel_markdown(s, cmd.strip())]
-    for path in args.section:
-        parts.append("\n" + path.read_text())
+    for path in args.section:  # one heading level down: the section sits under this page's title
+        text = path.read_text()
+        parts.append("\n" + "\n".join("#" + ln if ln.startswith("#") else ln for ln in text.splitlines()) + "\n")
     if args.discussion.is_file():
         parts.append("\n" + args.discussion.read_text())
     args.out.write_text("\n".join(parts))
