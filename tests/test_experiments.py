@@ -3,6 +3,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from deeppneumonia.errors import ConfigError
 from deeppneumonia.experiments import TABLE1, ablation_markdown, run_ablation
 from tests.conftest import make_lesion_csv
 
@@ -26,7 +29,7 @@ def test_ablation_runs_every_row_and_prints_a_table(tmp_path: Path) -> None:
     assert table.count("\n| ") == 6 and "+ CB focal loss (full)" in table and "study_map" in table
 
 
-def test_classical_baselines_learn_the_synthetic_lesion(tmp_path: Path) -> None:
+def test_classical_baselines_learn_the_synthetic_lesion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from deeppneumonia.experiments import comparison_markdown, run_comparison
 
     csv_path = make_lesion_csv(tmp_path / "d", n=60, size=32)
@@ -37,6 +40,18 @@ def test_classical_baselines_learn_the_synthetic_lesion(tmp_path: Path) -> None:
     best = max(r[0]["accuracy"] for r in summary["results"].values())
     assert best >= 0.8  # a bright box is easy for HOG + pixels; chance is 0.5
     assert "| SVM (poly) |" in comparison_markdown(summary, "cmd")
+
+    # --previous: the rows already measured are reused, not re-fitted; another split is refused
+    import deeppneumonia.baselines as baselines
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("a reused row was fitted again")
+
+    monkeypatch.setattr(baselines, "fit_classical", refuse)
+    again = run_comparison("quick", overrides, [0], tmp_path / "cmp2", deep=False, previous=summary)
+    assert again["results"] == summary["results"]
+    with pytest.raises(ConfigError, match="seeds"):
+        run_comparison("quick", overrides, [0, 1], tmp_path / "cmp3", deep=False, previous=summary)
 
 
 def test_without_boxes_the_full_row_drops_mgacr(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from deeppneumonia.config import Config, load_config
+from deeppneumonia.errors import ConfigError
 from deeppneumonia.pipeline import PreparedData, prepare_data, run_pretrain, run_train
 from deeppneumonia.training.loop import logged_seconds
 
@@ -135,9 +136,13 @@ TABLE2_DEEP = (("VGG16", ("train.arch=vgg16",)), ("ResNet50", ("train.arch=resne
 
 
 def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir: Path,
-                   ablation: dict[str, Any] | None = None, deep: bool = True) -> dict[str, Any]:
+                   ablation: dict[str, Any] | None = None, deep: bool = True,
+                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Table II: classical models on HOG + pixels, VGG16 and ResNet50 from scratch, and (from the ablation,
-    or run here) ResNet18 and the full method. Same split and scoring as Table I."""
+    or run here) ResNet18 and the full method. Same split and scoring as Table I.
+
+    ``previous`` is an earlier ``comparison.json`` of the same data, split and seeds: its rows are reused
+    rather than re-run (to add the deep rows to a classical-only table, or to finish an interrupted one)."""
     from deeppneumonia.baselines import CLASSICAL, fit_classical, split_features
     from deeppneumonia.evaluation.metrics import aggregate_by_group, scalar_metrics
 
@@ -147,8 +152,12 @@ def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir:
     train_f, test_f = split_features(data.train), split_features(data.test)
     studies = [data.manifest.records[int(i)].study_id for i in data.test.indices]
     metric = scalar_metrics(False)
+    reused = _reusable_rows(previous, base, seeds, len(data.test))
     results: dict[str, list[dict[str, Any]]] = {}
     for name in CLASSICAL:
+        if name in reused:
+            results[name] = reused[name]
+            continue
         for seed in seeds:
             probs, seconds = fit_classical(name, train_f, test_f, seed)
             m = metric(probs, test_f[1])
@@ -162,6 +171,9 @@ def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir:
         no_mgacr = ("train.mgacr.attention=false", "train.mgacr.feature=false", "train.loss.kind=ce",
                     "train.pretrained=false")
         for name, extra in TABLE2_DEEP:
+            if name in reused:
+                results[name] = reused[name]
+                continue
             for seed in seeds:
                 cfg = _config(preset, overrides, out_dir / f"seed{seed}" / name.lower(), seed, (*no_mgacr, *extra))
                 results.setdefault(name, []).append(run_train(cfg, data))
@@ -173,6 +185,20 @@ def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir:
                len({data.manifest.records[int(i)].patient_id for i in data.test.indices}), "hardware": hardware()}
     (out_dir / "comparison.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
+
+
+def _reusable_rows(previous: dict[str, Any] | None, base: Config, seeds: list[int],
+                   test_images: int) -> dict[str, list[dict[str, Any]]]:
+    """The rows of an earlier comparison that may stand in this one: same data, test part and seeds."""
+    if previous is None:
+        return {}
+    same = {"data": (previous.get("data"), base.data.path), "seeds": (previous.get("seeds"), seeds),
+            "test images": (previous.get("test_images"), test_images)}
+    wrong = [f"{k}: {a!r} there, {b!r} here" for k, (a, b) in same.items() if a != b]
+    if wrong:
+        raise ConfigError("the --previous comparison is not of this data, split and seeds (" + "; ".join(wrong) + ")")
+    skip = {"ResNet18", "Deep Pneumonia (full)"}  # always taken from the ablation given now
+    return {k: v for k, v in previous.get("results", {}).items() if k not in skip and v}
 
 
 MULTILABEL_METHODS = (
