@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.data.test_imageio import _dicom_dataset, _ramp12, _raw_png
+from tests.data.test_dicom import _dicom_dataset, _ramp12
+from tests.data.test_imageio import _raw_png
 from tests.serve_helpers import chest_like, jpeg_bytes, png_bytes, random_checkpoint
 
 pytest.importorskip("fastapi")
