@@ -231,7 +231,7 @@ def run_multilabel_comparison(preset: str, overrides: list[str], seeds: list[int
     95 % CIs on the held-out patients, one shared Stage I encoder per seed (when ``train.pretrained``)."""
     from deeppneumonia.evaluation.metrics import bootstrap_ci
     from deeppneumonia.inference import predict_split
-    from deeppneumonia.pipeline import _load_model, _runtime
+    from deeppneumonia.pipeline import load_model, runtime_for
 
     out_dir.mkdir(parents=True, exist_ok=True)
     base = load_config(preset, overrides)
@@ -254,8 +254,8 @@ def run_multilabel_comparison(preset: str, overrides: list[str], seeds: list[int
             run = seed_dir / name.split()[0].lower()
             cfg = _config(preset, overrides, run, seed, (*extra, *pre_extra))
             metrics = run_train(cfg, data)
-            rt = _runtime(cfg)
-            model, _, _ = _load_model(run / "train" / "model.safetensors", rt)
+            rt = runtime_for(cfg)
+            model, _, _ = load_model(run / "train" / "model.safetensors", rt)
             probs = predict_split(model, data.test, rt, cfg.data.mean, cfg.data.std, multilabel=True)
             auroc = fn(probs, targets)
             ci = bootstrap_ci(probs, targets, patients, fn, n_boot=n_boot, seed=seed)

@@ -144,7 +144,8 @@ def place_data(cfg: Config, data: PreparedData, rt: Runtime) -> None:
     log.info("training images resident on %s (%.0f MB)", rt.device, need / 2**20)
 
 
-def _runtime(cfg: Config) -> Runtime:
+def runtime_for(cfg: Config) -> Runtime:
+    """The device, precision and memory format of ``cfg.run`` (this process's GPU under torchrun)."""
     r = cfg.run
     return resolve_runtime(distributed.device_for(r.device), r.precision, r.channels_last, r.threads)
 
@@ -173,7 +174,7 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     seed_everything(cfg.run.seed)
     data = data or prepare_data(cfg, cfg.run.progress)
     write_split(data, run_dir)
-    rt = _runtime(cfg)
+    rt = runtime_for(cfg)
     place_data(cfg, data, rt)
     extra = extra_pretrain_data(cfg, data)
     task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass", extra=extra)
@@ -187,7 +188,7 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
     seed_everything(cfg.run.seed + 1)
     data = data or prepare_data(cfg, cfg.run.progress)
     write_split(data, run_dir)
-    rt = _runtime(cfg)
+    rt = runtime_for(cfg)
     encoder = None
     if cfg.train.pretrained:
         path = Path(cfg.train.encoder).expanduser() if cfg.train.encoder else run_dir / "pretrain" / "encoder.safetensors"
@@ -222,7 +223,8 @@ def build_task(cfg: Config, data: PreparedData, rt: Runtime, encoder: dict[str, 
     return SupervisedTask(cfg, data.train, data.val, rt, m.classes, m.task, encoder, cfg.train.arch)
 
 
-def _load_model(path: Path, rt: Runtime) -> tuple[torch.nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
+def load_model(path: Path, rt: Runtime) -> tuple[torch.nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
+    """A saved ``model.safetensors`` rebuilt for ``rt``: the model, its metadata and its state dict."""
     from deeppneumonia.models.resnet import build_classifier
 
     state, meta = load_weights(path)
@@ -237,7 +239,7 @@ def store_thresholds(cfg: Config, data: PreparedData, rt: Runtime, path: Path) -
 
     if not len(data.val):
         return
-    model, meta, state = _load_model(path, rt)
+    model, meta, state = load_model(path, rt)
     probs = predict_split(model, data.val, rt, cfg.data.mean, cfg.data.std, meta["task"] == "multilabel")
     t = cfg.train
     thresholds = choose_thresholds(probs, data.val.targets.numpy(), t.threshold_method, t.target_sensitivity)
@@ -249,7 +251,7 @@ def store_thresholds(cfg: Config, data: PreparedData, rt: Runtime, path: Path) -
 
 def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
                   result: FitResult | None = None) -> dict[str, Any]:
-    model, meta, _ = _load_model(run_dir / "train" / "model.safetensors", rt)
+    model, meta, _ = load_model(run_dir / "train" / "model.safetensors", rt)
     multilabel = meta["task"] == "multilabel"
     out: dict[str, Any] = {"images": len(data.test), "patients": len({data.manifest.records[int(i)].patient_id
                                                                        for i in data.test.indices})}
