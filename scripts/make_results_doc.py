@@ -15,6 +15,16 @@ from pathlib import Path
 from deeppneumonia.experiments import ablation_markdown, comparison_markdown, multilabel_markdown
 
 
+def _compare_command(s: dict, path: Path, ablations: dict) -> str:
+    flags = "" if s.get("deep", "VGG16" in s["results"]) else "--no-deep "
+    if "ResNet18" in s["results"] and s["data"] in ablations:
+        flags += f"--ablation {ablations[s['data']]} "
+    if s.get("previous"):
+        flags += f"--previous {s['previous']} "
+    return (f"deeppneumonia compare -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} {flags}"
+            f"--out {path.parent} " + " ".join(dict.fromkeys(s["overrides"]))).strip()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ablation", type=Path, action="append", default=[], help="ablation.json (repeatable)")
@@ -34,12 +44,11 @@ def main() -> None:
     ablations = {json.loads(p.read_text())["data"]: p for p in args.ablation}
     for path in args.comparison:
         s = json.loads(path.read_text())
-        flags = "" if s.get("deep", "VGG16" in s["results"]) else "--no-deep "
-        if "ResNet18" in s["results"] and s["data"] in ablations:
-            flags += f"--ablation {ablations[s['data']]} "
-        cmd = f"deeppneumonia compare -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} {flags}" + \
-              f"--out {path.parent} " + " ".join(dict.fromkeys(s["overrides"]))
-        parts += [f"\n## Table II (comparison): {s['data']}\n", comparison_markdown(s, cmd.strip())]
+        cmd = _compare_command(s, path, ablations)
+        if s.get("previous"):  # rows reused from an earlier run: show the command that made them first
+            first = Path(s["previous"])
+            cmd = f"{_compare_command(json.loads(first.read_text()), first, ablations)}`, then `{cmd}"
+        parts += [f"\n## Table II (comparison): {s['data']}\n", comparison_markdown(s, cmd)]
     for path in args.multilabel:
         s = json.loads(path.read_text())
         cmd = f"deeppneumonia multilabel -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " \

@@ -48,10 +48,14 @@ def test_classical_baselines_learn_the_synthetic_lesion(tmp_path: Path, monkeypa
         raise AssertionError("a reused row was fitted again")
 
     monkeypatch.setattr(baselines, "fit_classical", refuse)
-    again = run_comparison("quick", overrides, [0], tmp_path / "cmp2", deep=False, previous=summary)
-    assert again["results"] == summary["results"]
-    with pytest.raises(ConfigError, match="seeds"):
-        run_comparison("quick", overrides, [0, 1], tmp_path / "cmp3", deep=False, previous=summary)
+    again = run_comparison("quick", overrides, [0], tmp_path / "cmp2", deep=False,
+                           previous=tmp_path / "cmp" / "comparison.json")
+    assert again["results"] == json.loads(json.dumps(summary["results"]))
+    assert again["row_seeds"]["SVM (poly)"] == [0]
+    with pytest.raises(ConfigError, match="test part"):
+        other = tmp_path / "other.json"
+        other.write_text(json.dumps({**summary, "test_split": "x"}))
+        run_comparison("quick", overrides, [0], tmp_path / "cmp3", deep=False, previous=other)
 
 
 def test_without_boxes_the_full_row_drops_mgacr(tmp_path: Path) -> None:

@@ -176,13 +176,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ablation = json.loads(args.ablation.read_text()) if args.ablation else None
-    previous = None
-    if args.previous is not None:
-        if not args.previous.is_file():
-            raise ConfigError(f"--previous {args.previous}: no such file (a comparison.json of `deeppneumonia compare`)")
-        previous = json.loads(args.previous.read_text())
+    if args.previous is not None and not args.previous.is_file():
+        raise ConfigError(f"--previous {args.previous}: no such file (a comparison.json of `deeppneumonia compare`)")
     summary = run_comparison(args.config, overrides, args.seeds, out, ablation, deep=not args.no_deep,
-                             previous=previous)
+                             previous=args.previous)
     table = comparison_markdown(summary, "deeppneumonia " + " ".join(sys.argv[1:]))
     (out / "table2.md").write_text(table)
     print(table)
@@ -311,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", type=Path, default=None, help="ablation.json whose rows 1 and 5 fill ResNet18/full")
     p.add_argument("--no-deep", action="store_true", help="classical models only (skip VGG16/ResNet50)")
     p.add_argument("--previous", type=Path, default=None,
-                   help="an earlier comparison.json of the same data and seeds: its rows are reused, not re-run")
+                   help="an earlier comparison.json of the same data and test part: its rows are reused, not re-run")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("multilabel", help="CAN against the plain sigmoid classifier: per-finding AUROC with CIs")

@@ -100,17 +100,21 @@ def _mean_sd(values: list[float | None]) -> str:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if v.size == 0:
         return "–"
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if v.size > 1 else 0:.3f}"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v.mean():.3f}"  # one run: no spread to show
 
 
 def comparison_markdown(summary: dict[str, Any], command: str) -> str:
     cols = ("accuracy", "macro_f1", "study_map")
+    row_seeds = summary.get("row_seeds", {})
     lines = [f"Data `{summary['data']}`; test part: {summary['test_images']} images of {summary['test_patients']} "
-             f"held-out patients (the same as Table I). Seeds {summary['seeds']} (KNN and the decision tree are "
-             f"deterministic: one run). Hardware: {summary['hardware']['device']}.", "", f"Command: `{command}`", "",
-             "| method | " + " | ".join(cols) + " | training min |", "|---|" + "---|" * (len(cols) + 1)]
+             f"held-out patients (the same as Table I). Mean ± sd over the seeds in the last column (its count where "
+             f"the seeds were not recorded); KNN and the decision tree are deterministic: one run. Hardware: "
+             f"{summary['hardware']['device']}.", "", f"Command: `{command}`", "",
+             "| method | " + " | ".join(cols) + " | training min | seeds |", "|---|" + "---|" * (len(cols) + 2)]
     for name, runs in summary["results"].items():
         cells = [_mean_sd([r.get(c) for r in runs]) for c in cols] + [_mean_sd([r.get("train_minutes") for r in runs])]
+        seeds = row_seeds.get(name)
+        cells.append(",".join(map(str, seeds)) if seeds else str(len(runs)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -137,12 +141,13 @@ TABLE2_DEEP = (("VGG16", ("train.arch=vgg16",)), ("ResNet50", ("train.arch=resne
 
 def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir: Path,
                    ablation: dict[str, Any] | None = None, deep: bool = True,
-                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
+                   previous: Path | None = None) -> dict[str, Any]:
     """Table II: classical models on HOG + pixels, VGG16 and ResNet50 from scratch, and (from the ablation,
     or run here) ResNet18 and the full method. Same split and scoring as Table I.
 
-    ``previous`` is an earlier ``comparison.json`` of the same data, split and seeds: its rows are reused
-    rather than re-run (to add the deep rows to a classical-only table, or to finish an interrupted one)."""
+    ``previous`` is the path of an earlier ``comparison.json`` of the same data and test patients: its rows are reused
+    rather than re-run (to add the deep rows to a classical-only table, or to finish an interrupted one).
+    Each row records the seeds it ran with (``row_seeds``), so rows may have different numbers of runs."""
     from deeppneumonia.baselines import CLASSICAL, fit_classical, split_features
     from deeppneumonia.evaluation.metrics import aggregate_by_group, scalar_metrics
 
@@ -151,12 +156,15 @@ def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir:
     data = prepare_data(base, base.run.progress)
     train_f, test_f = split_features(data.train), split_features(data.test)
     studies = [data.manifest.records[int(i)].study_id for i in data.test.indices]
+    test_split = _split_fingerprint(data)
     metric = scalar_metrics(False)
-    reused = _reusable_rows(previous, base, seeds, len(data.test))
     results: dict[str, list[dict[str, Any]]] = {}
+    row_seeds: dict[str, list[int]] = {}
+    old = json.loads(previous.read_text()) if previous is not None else None
+    reused, reused_seeds = _reusable_rows(old, base, test_split, len(data.test))
     for name in CLASSICAL:
         if name in reused:
-            results[name] = reused[name]
+            results[name], row_seeds[name] = reused[name], reused_seeds[name]
             continue
         for seed in seeds:
             probs, seconds = fit_classical(name, train_f, test_f, seed)
@@ -165,6 +173,7 @@ def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir:
             m.update({f"study_{k}": v for k, v in metric(ps, ts).items()})
             m["train_minutes"] = seconds / 60
             results.setdefault(name, []).append(m)
+            row_seeds.setdefault(name, []).append(seed)
             if name in ("KNN", "Decision tree"):  # deterministic given the data: one seed says it all
                 break
     if deep:
@@ -172,33 +181,47 @@ def run_comparison(preset: str, overrides: list[str], seeds: list[int], out_dir:
                     "train.pretrained=false")
         for name, extra in TABLE2_DEEP:
             if name in reused:
-                results[name] = reused[name]
+                results[name], row_seeds[name] = reused[name], reused_seeds[name]
                 continue
             for seed in seeds:
                 cfg = _config(preset, overrides, out_dir / f"seed{seed}" / name.lower(), seed, (*no_mgacr, *extra))
                 results.setdefault(name, []).append(run_train(cfg, data))
+                row_seeds.setdefault(name, []).append(seed)
     if ablation is not None:
-        results["ResNet18"] = ablation["results"][TABLE1[0].name]
-        results["Deep Pneumonia (full)"] = ablation["results"][TABLE1[-1].name]
-    summary = {"preset": preset, "overrides": overrides, "seeds": seeds, "results": results, "data": base.data.path,
-               "deep": deep, "test_images": len(data.test), "test_patients":
-               len({data.manifest.records[int(i)].patient_id for i in data.test.indices}), "hardware": hardware()}
+        for name, row in (("ResNet18", TABLE1[0]), ("Deep Pneumonia (full)", TABLE1[-1])):
+            results[name], row_seeds[name] = ablation["results"][row.name], list(ablation["seeds"])
+    summary = {"preset": preset, "overrides": overrides, "seeds": seeds, "results": results, "row_seeds": row_seeds,
+               "data": base.data.path, "deep": deep, "test_images": len(data.test), "test_patients":
+               len({data.manifest.records[int(i)].patient_id for i in data.test.indices}), "test_split": test_split,
+               "previous": str(previous) if previous is not None else None, "hardware": hardware()}
     (out_dir / "comparison.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
 
 
-def _reusable_rows(previous: dict[str, Any] | None, base: Config, seeds: list[int],
-                   test_images: int) -> dict[str, list[dict[str, Any]]]:
-    """The rows of an earlier comparison that may stand in this one: same data, test part and seeds."""
+def _split_fingerprint(data: PreparedData) -> str:
+    """A short hash of the test part's image ids: two runs with the same one are scored on the same images."""
+    import hashlib
+
+    ids = sorted(data.manifest.records[int(i)].image_id for i in data.test.indices)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def _reusable_rows(previous: dict[str, Any] | None, base: Config, test_split: str, test_images: int
+                   ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[int]]]:
+    """The rows of an earlier comparison that may stand in this one (same data and test images), and their seeds."""
     if previous is None:
-        return {}
-    same = {"data": (previous.get("data"), base.data.path), "seeds": (previous.get("seeds"), seeds),
-            "test images": (previous.get("test_images"), test_images)}
-    wrong = [f"{k}: {a!r} there, {b!r} here" for k, (a, b) in same.items() if a != b]
-    if wrong:
-        raise ConfigError("the --previous comparison is not of this data, split and seeds (" + "; ".join(wrong) + ")")
+        return {}, {}
+    old_split = previous.get("test_split")  # files written before the fingerprint: the test part's size
+    same_split = old_split == test_split if old_split is not None else previous.get("test_images") == test_images
+    if previous.get("data") != base.data.path or not same_split:
+        raise ConfigError(f"the --previous comparison is not of this data and test part (data {previous.get('data')!r} "
+                          f"there, {base.data.path!r} here; test-part fingerprint {previous.get('test_split')} there, "
+                          f"{test_split} here)")
     skip = {"ResNet18", "Deep Pneumonia (full)"}  # always taken from the ablation given now
-    return {k: v for k, v in previous.get("results", {}).items() if k not in skip and v}
+    rows = {k: v for k, v in previous.get("results", {}).items() if k not in skip and v}
+    old_seeds = previous.get("row_seeds", {})
+    seeds = {k: list(old_seeds.get(k, previous.get("seeds", [])[:len(v)])) for k, v in rows.items()}
+    return rows, seeds
 
 
 MULTILABEL_METHODS = (
