@@ -13,8 +13,6 @@ Usage: python benchmarks/data_path.py [--data ../shared/data/kermany-pneumonia/t
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +20,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 import torchvision
+from _table import machine_line, rate_table  # benchmarks/_table.py (the script's own folder is on sys.path)
 from torch import Tensor
 
 from deeppneumonia.config import AugmentConfig
@@ -106,13 +105,10 @@ def main() -> None:
                 ("reference: ImageFolder + PIL + DataLoader", timed(reference(), train_step, args.steps)),
                 ("ours, data only", timed(ours(), no_step, args.steps * 4)),
                 ("reference, data only", timed(reference(), no_step, args.steps * 4))]
-    ceiling, ours_rate, ref_rate = rows[0][1], rows[1][1], rows[2][1]
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"autocast {rt.dtype or 'off'}, {args.size} px, batch {args.batch}, {args.steps} timed steps after 2 warm-up; "
-          f"data: {args.data} ({len(manifest)} images; cache built in {cache_s:.1f} s); reference workers {args.workers}\n")
-    print("| pipeline | images/s | vs model only |\n|---|---|---|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:.1f} | {rate / ceiling:.2f} |")
+    ours_rate, ref_rate = rows[1][1], rows[2][1]
+    print("\n" + machine_line(rt.dtype, f"{args.size} px, batch {args.batch}, {args.steps} timed steps after 2 warm-up; "
+          f"data: {args.data} ({len(manifest)} images; cache built in {cache_s:.1f} s); reference workers {args.workers}\n"))
+    print(rate_table("pipeline", rows))
     print(f"\nours / reference, training step: {ours_rate / ref_rate:.2f}x; data only: {rows[3][1] / rows[4][1]:.2f}x")
 
 

@@ -12,8 +12,6 @@ Usage: python benchmarks/simclr_vs_lightly.py [--data ../shared/data/kermany-pne
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +19,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 import torchvision
+from _table import machine_line, rate_table  # benchmarks/_table.py (the script's own folder is on sys.path)
 from torch import Tensor
 
 from deeppneumonia.config import PretrainConfig
@@ -107,12 +106,9 @@ def main() -> None:
         rows = [("model only (in-memory tensors)", timed(synthetic(), ours_loss)),
                 ("ours: cache + batched views + InfoNCELoss", timed(ours(), ours_loss)),
                 ("lightly: SimCLRTransform + DataLoader + NTXentLoss", timed(lightly_pairs(), lightly_loss))]
-    print(f"\n{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, autocast {rt.dtype or 'off'}, "
-          f"{args.size} px, batch {args.batch} (x2 views), {args.images} images timed after 1 warm-up step, "
-          f"lightly workers {args.workers}; data {args.data}\n")
-    print("| Stage I pipeline | images/s | vs model only |\n|---|---|---|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:.1f} | {rate / rows[0][1]:.2f} |")
+    print("\n" + machine_line(rt.dtype, f"{args.size} px, batch {args.batch} (x2 views), {args.images} images timed "
+          f"after 1 warm-up step, lightly workers {args.workers}; data {args.data}\n"))
+    print(rate_table("Stage I pipeline", rows))
     print(f"\nours / lightly: {rows[1][1] / rows[2][1]:.2f}x")
 
 
