@@ -149,7 +149,7 @@ class TrainConfig:
     method: Literal["deep_pneumonia", "iam", "can"] = "deep_pneumonia"  # which Stage II task trains
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
-    arch: Literal["resnet18", "resnet50", "vgg16"] = "resnet18"  # others only as Table II baselines (no MGACR)
+    arch: Literal["resnet18", "resnet50", "vgg16", "vgg16_bn"] = "resnet18"  # others only as Table II baselines (no MGACR)
     pretrained: bool = True  # start from the Stage I encoder of the same run (or `encoder`)
     encoder: str | None = None  # explicit path to an encoder .safetensors
     mgacr: MGACRConfig = MGACRConfig()

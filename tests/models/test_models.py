@@ -39,3 +39,15 @@ def test_encoder_roundtrip() -> None:
     assert not any(k.startswith("fc.") for k in state)
     load_encoder(b, state)
     assert torch.equal(a.layer3[0].conv1.weight, b.layer3[0].conv1.weight)
+
+
+def test_table2_baselines_take_one_channel_and_vgg16_bn_has_batch_norm() -> None:
+    import pytest
+
+    for arch in ("resnet50", "vgg16", "vgg16_bn"):
+        m = build_classifier(3, arch).eval()
+        assert m(torch.randn(2, 1, 64, 64)).shape == (2, 3), arch
+    bn = lambda a: sum(isinstance(x, torch.nn.BatchNorm2d) for x in build_classifier(3, a).modules())  # noqa: E731
+    assert bn("vgg16") == 0 and bn("vgg16_bn") == 13  # one after each of VGG16's 13 convolutions
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_classifier(3, "vgg19")
