@@ -138,7 +138,8 @@ def ablation_markdown(summary: dict[str, Any], command: str) -> str:
 
 # VGG16 with batch norm, at VGG's own rate (0.01 at batch 256) scaled linearly to the preset's batch (0.00125 at
 # the CPU presets' 32): from scratch, plain VGG16 stayed at the class prior in the CPU budget, and VGG16-BN at
-# the ResNet rate 0.02 diverged (`python scripts/lr_probe.py --arch vgg16_bn`; docs/method.md). ``None`` as the rate: the preset's own.
+# the ResNet rate 0.02 diverged (`python scripts/lr_probe.py --arch vgg16_bn`; docs/method.md).
+# (name, arch, learning rate per image of the batch; None: the preset's own rate)
 TABLE2_DEEP: tuple[tuple[str, str, float | None], ...] = (("VGG16-BN", "vgg16_bn", 0.01 / 256),
                                                           ("ResNet50", "resnet50", None))
 
