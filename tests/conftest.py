@@ -25,6 +25,15 @@ def lesion_image(rng: np.random.Generator, size: int, box: tuple[int, int, int, 
     return img.clip(0, 255).astype(np.uint8)
 
 
+def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    """Write ``rows`` (dicts with the same keys, in column order) as a CSV with a header; returns ``path``."""
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 def make_lesion_csv(root: Path, n: int = 48, size: int = 64, seed: int = 0) -> Path:
     """Generic-CSV data set: 'lesion' images carry a bright box (and its box), 'clear' ones none."""
     rng = np.random.default_rng(seed)
@@ -40,12 +49,7 @@ def make_lesion_csv(root: Path, n: int = 48, size: int = 64, seed: int = 0) -> P
         save_grey(root / name, lesion_image(rng, size, box))
         rows.append({"path": name, "label": label, "patient_id": f"p{i // 2}",
                      "boxes": json.dumps([list(box)]) if box else ""})
-    csv_path = root / "labels.csv"
-    with csv_path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label", "patient_id", "boxes"])
-        w.writeheader()
-        w.writerows(rows)
-    return csv_path
+    return write_csv(root / "labels.csv", rows)
 
 
 @pytest.fixture
@@ -105,9 +109,4 @@ def make_multilabel_csv(root: Path, n: int = 48, size: int = 48, seed: int = 0) 
         name = f"img/{i:03d}.png"
         save_grey(root / name, img.clip(0, 255).astype(np.uint8))
         rows.append({"path": name, "A": int(a), "B": "" if i % 7 == 3 else int(b), "patient_id": f"p{i}"})
-    csv_path = root / "labels.csv"
-    with csv_path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "A", "B", "patient_id"])
-        w.writeheader()
-        w.writerows(rows)
-    return csv_path
+    return write_csv(root / "labels.csv", rows)
