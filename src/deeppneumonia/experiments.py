@@ -260,7 +260,7 @@ def run_multilabel_comparison(preset: str, overrides: list[str], seeds: list[int
                               n_boot: int = 1000) -> dict[str, Any]:
     """CAN against the plain sigmoid classifier on a multi-label data set: per-finding AUROC with patient-bootstrap
     95 % CIs on the held-out patients, one shared Stage I encoder per seed (when ``train.pretrained``)."""
-    from deeppneumonia.evaluation.metrics import bootstrap_ci
+    from deeppneumonia.evaluation.bootstrap import bootstrap_ci
     from deeppneumonia.inference import predict_split
     from deeppneumonia.pipeline import load_model, runtime_for
 

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
+from deeppneumonia.evaluation.bootstrap import bootstrap_ci, evaluate_with_ci
 from deeppneumonia.evaluation.metrics import (
     aggregate_by_group,
-    bootstrap_ci,
     choose_thresholds,
     classification_metrics,
     curves,
-    evaluate_with_ci,
     reliability,
     scalar_metrics,
     to_jsonable,

@@ -26,6 +26,7 @@ from deeppneumonia.data.cache import build_cache
 from deeppneumonia.data.manifest import Box
 from deeppneumonia.data.sources import load_source
 from deeppneumonia.errors import DataError
+from deeppneumonia.evaluation.bootstrap import evaluate_with_ci
 from deeppneumonia.evaluation.localization import localization_scores, summarize_localization
 from deeppneumonia.explain import gradcam, overlay
 from deeppneumonia.predictor import Predictor
@@ -89,7 +90,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
     except ValueError as exc:
         log.warning("no study-level metrics: %s", exc)
         studies = None
-    result = M.evaluate_with_ci(probs, targets, pred.classes, [r.patient_id for r in recs], studies,
+    result = evaluate_with_ci(probs, targets, pred.classes, [r.patient_id for r in recs], studies,
                                 multilabel=pred.multilabel, n_boot=n_boot)
     result.update({"checkpoint": str(checkpoint), "data": str(data), "split": part, "images": len(recs),
                    "patients": len({r.patient_id for r in recs}), "skipped_problems": len(manifest.problems)})
