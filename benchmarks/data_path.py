@@ -27,9 +27,9 @@ from deeppneumonia.config import AugmentConfig
 from deeppneumonia.data.batches import CachedSplit
 from deeppneumonia.data.cache import build_cache
 from deeppneumonia.data.sources import load_source
-from deeppneumonia.device import resolve_runtime
-from deeppneumonia.inputs import make_inputs
-from deeppneumonia.models.resnet import build_classifier
+from deeppneumonia.models.factory import build_classifier
+from deeppneumonia.runtime.device import resolve_runtime
+from deeppneumonia.transforms.inputs import make_inputs
 
 
 def timed(batches: Iterator[Tensor], step: Callable[[Tensor], None], n: int, warmup: int = 2) -> float:

@@ -53,16 +53,16 @@ def _time_steps(step, batches, opt, steps: int, warmup: int, sync) -> float:  # 
 
 def worker(args: argparse.Namespace) -> None:
     """One process of the torchrun job: time both stages, rank 0 prints a JSON line."""
-    from deeppneumonia import distributed
-    from deeppneumonia.pipeline import _runtime, place_data, prepare_data
+    from deeppneumonia.runtime import distributed
     from deeppneumonia.training.loop import _wrap
+    from deeppneumonia.training.pipeline import place_data, prepare_data, runtime_for
     from deeppneumonia.training.simclr import SimCLRTask
     from deeppneumonia.training.supervised import SupervisedTask
 
     out = Path(tempfile.mkdtemp())
     cfg = _config(args, out)
     data = prepare_data(cfg, progress=False)
-    rt = _runtime(cfg)
+    rt = runtime_for(cfg)
     place_data(cfg, data, rt)
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     result = {"world": distributed.world_size(), "device": str(rt.device), "dtype": str(rt.dtype)}
@@ -92,10 +92,11 @@ def worker(args: argparse.Namespace) -> None:
 
 def model_only(args: argparse.Namespace, per_process_batch: int) -> dict[str, float]:
     """The reference: the same networks on synthetic in-memory tensors, one process."""
-    from deeppneumonia.device import resolve_runtime
     from deeppneumonia.losses import InfoNCELoss
+    from deeppneumonia.models.factory import build_classifier
     from deeppneumonia.models.projector import Projector
-    from deeppneumonia.models.resnet import STAGE_CHANNELS, build_classifier
+    from deeppneumonia.models.resnet import STAGE_CHANNELS
+    from deeppneumonia.runtime.device import resolve_runtime
 
     rt = resolve_runtime(args.device, args.precision, True)
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)

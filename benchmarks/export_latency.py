@@ -1,7 +1,7 @@
 """CPU latency of the inference network: eager PyTorch vs ONNX Runtime, measured in one run.
 
 A ResNet18 classifier (1 input channel, random weights: latency does not depend on them) is saved as
-training saves it and exported with ``deeppneumonia.export.export_onnx`` (which checks parity). Both
+training saves it and exported with ``deeppneumonia.inference.export.export_onnx`` (which checks parity). Both
 runtimes get the same number of threads. Reported: batch 1 latency (median and p90 over ``--runs``
 timed runs after ``--warmup`` untimed ones) and batch 16 throughput, with the ORT / PyTorch ratio.
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeppneumonia.checkpoint import save_weights
 from deeppneumonia.config import load_config
-from deeppneumonia.export import export_onnx
-from deeppneumonia.models.resnet import build_classifier
+from deeppneumonia.inference.export import export_onnx
+from deeppneumonia.models.checkpoint import save_weights
+from deeppneumonia.models.factory import build_classifier
 from deeppneumonia.training.supervised import model_metadata
 
 
@@ -78,7 +78,7 @@ def main() -> None:
         ckpt = make_checkpoint(Path(tmp) / "model.safetensors", args.size, args.arch)
         onnx_path = Path(tmp) / "model.onnx"
         report = export_onnx(ckpt, onnx_path)
-        from deeppneumonia.predictor import Predictor
+        from deeppneumonia.inference.predictor import Predictor
 
         model = Predictor.from_checkpoint(ckpt, device="cpu").model.eval()
         so = ort.SessionOptions()

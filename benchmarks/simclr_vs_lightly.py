@@ -26,11 +26,11 @@ from deeppneumonia.config import PretrainConfig
 from deeppneumonia.data.batches import CachedSplit
 from deeppneumonia.data.cache import build_cache
 from deeppneumonia.data.sources import load_source
-from deeppneumonia.device import resolve_runtime
-from deeppneumonia.inputs import make_inputs
 from deeppneumonia.losses import InfoNCELoss
+from deeppneumonia.models.factory import build_classifier
 from deeppneumonia.models.projector import Projector
-from deeppneumonia.models.resnet import build_classifier, forward_head, forward_stages
+from deeppneumonia.runtime.device import resolve_runtime
+from deeppneumonia.transforms.inputs import make_inputs
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     def step(x1: Tensor, x2: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         x = torch.cat([x1, x2]).to(rt.device).contiguous(memory_format=rt.memory_format)
         with rt.autocast():
-            z = proj(forward_head(enc, forward_stages(enc, x)[-1], pre_logits=True))
+            z = proj(enc.forward_head(enc.forward_features(x), pre_logits=True))
         z1, z2 = z.float().chunk(2)
         loss = loss_fn(z1, z2)
         opt.zero_grad(set_to_none=True)

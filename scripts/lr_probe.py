@@ -19,10 +19,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from deeppneumonia.config import load_config
-from deeppneumonia.device import seed_everything
-from deeppneumonia.inputs import make_inputs
-from deeppneumonia.models.resnet import build_classifier
-from deeppneumonia.pipeline import prepare_data, runtime_for
+from deeppneumonia.models.factory import build_classifier
+from deeppneumonia.runtime.device import seed_everything
+from deeppneumonia.training.pipeline import prepare_data, runtime_for
+from deeppneumonia.transforms.inputs import make_inputs
 
 
 def main() -> None:

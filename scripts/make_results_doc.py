@@ -12,7 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from deeppneumonia.experiments import ablation_markdown, comparison_markdown, multilabel_markdown
+from deeppneumonia.studies.ablation import ablation_markdown
+from deeppneumonia.studies.comparison import comparison_markdown
+from deeppneumonia.studies.multilabel import multilabel_markdown
 
 
 def _compare_command(s: dict, path: Path, ablations: dict) -> str:

@@ -41,7 +41,7 @@ def test_epoch_covers_each_image_once_in_a_seeded_order(split: CachedSplit) -> N
 
 
 def test_sharding_needs_a_divisible_global_batch(split: CachedSplit, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deeppneumonia import distributed
+    from deeppneumonia.runtime import distributed
 
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     monkeypatch.setattr(distributed, "rank", lambda: 1)

@@ -66,7 +66,7 @@ def test_mixed_formats_in_a_folder_layout_are_cached(tmp_path: Path) -> None:
     """DICOM (MONOCHROME1, 12-bit), 16-bit PNG and RGB JPEG side by side, as a hospital export may hold."""
     from PIL import Image
 
-    from tests.data.test_dicom import _dicom_dataset, _ramp12, _save_dicom
+    from tests.data.readers.test_dicom import _dicom_dataset, _ramp12, _save_dicom
 
     root = tmp_path / "mixed"
     (root / "A").mkdir(parents=True)

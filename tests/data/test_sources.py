@@ -6,9 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deeppneumonia.data.sources import detect_source, load_source
+from deeppneumonia.data.sources import detect_source, load_source, resolve_data_path
 from deeppneumonia.errors import DataError
-from deeppneumonia.pipeline import resolve_data_path
 from tests.conftest import lesion_image, make_siim, save_grey
 
 

@@ -12,15 +12,14 @@ import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 from deeppneumonia.evaluation.bootstrap import bootstrap_ci, evaluate_with_ci
+from deeppneumonia.evaluation.curves import curves, reliability
 from deeppneumonia.evaluation.metrics import (
     aggregate_by_group,
-    choose_thresholds,
     classification_metrics,
-    curves,
-    reliability,
     scalar_metrics,
     to_jsonable,
 )
+from deeppneumonia.evaluation.thresholds import choose_thresholds
 
 # 4 images, 2 classes. True labels 0, 1, 1, 1; argmax predictions 0, 1, 0, 1 -> accuracy 3/4.
 HAND_PROBS = np.array([[0.55, 0.45], [0.30, 0.70], [0.62, 0.38], [0.15, 0.85]])

@@ -9,8 +9,8 @@ import pytest
 from deeppneumonia.cli import main
 from deeppneumonia.errors import DataError
 from deeppneumonia.evaluation.runner import evaluate_checkpoint, select_split
-from deeppneumonia.pipeline import PreparedData
-from tests.test_explain import trained_lesion_run  # noqa: F401  (session fixture)
+from deeppneumonia.training.pipeline import PreparedData
+from tests.inference.test_explain import trained_lesion_run  # noqa: F401  (session fixture)
 
 
 def test_evaluate_on_held_out_patients(trained_lesion_run: tuple[Path, PreparedData], tmp_path: Path) -> None:  # noqa: F811
@@ -61,7 +61,7 @@ def test_cli_evaluate_and_explain(trained_lesion_run: tuple[Path, PreparedData],
 
 
 def test_mgacr_heads_kept_for_analysis_are_scored(tmp_path: Path) -> None:
-    from deeppneumonia.pipeline import run_train
+    from deeppneumonia.training.pipeline import run_train
     from tests.conftest import make_lesion_csv
     from tests.training.test_pipeline import tiny_config
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from deeppneumonia.models.can import CrossAttentionResNet
-from deeppneumonia.models.resnet import build_classifier, encoder_state, load_encoder
+from deeppneumonia.models.factory import build_classifier, encoder_state, load_encoder
 
 
 def test_shapes_and_the_cross_map_is_the_hadamard_product() -> None:
@@ -38,9 +38,9 @@ def test_branches_start_different_and_an_encoder_loads_into_the_trunk_and_branch
 def test_export_refuses_a_cam_head_the_network_does_not_have(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import pytest
 
-    from deeppneumonia.checkpoint import save_weights
     from deeppneumonia.errors import CheckpointError
-    from deeppneumonia.export import export_onnx
+    from deeppneumonia.inference.export import export_onnx
+    from deeppneumonia.models.checkpoint import save_weights
 
     model = build_classifier(2, "can_resnet18")
     meta = {"kind": "classifier", "arch": "can_resnet18", "in_chans": 1, "classes": ["A", "B"], "task": "multilabel",

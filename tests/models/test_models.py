@@ -4,15 +4,15 @@ import torch
 from torchvision.models import resnet18
 
 from deeppneumonia.models.attention import MGACRHeads
-from deeppneumonia.models.resnet import build_classifier, encoder_state, forward_head, forward_stages, load_encoder
+from deeppneumonia.models.factory import build_classifier, encoder_state, load_encoder
 
 
 def test_stages_and_head_match_forward() -> None:
     m = build_classifier(4).eval()
     x = torch.randn(2, 1, 64, 64)
-    feats = forward_stages(m, x)
+    feats = m.forward_intermediates(x)
     assert [f.shape[1:] for f in feats] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
-    assert torch.allclose(forward_head(m, feats[-1]), m(x), atol=1e-5)
+    assert torch.allclose(m.forward_head(feats[-1]), m(x), atol=1e-5)
 
 
 def test_inference_network_is_a_plain_resnet18() -> None:
@@ -25,7 +25,7 @@ def test_inference_network_is_a_plain_resnet18() -> None:
 def test_heads_give_two_maps_per_layer_with_gradients() -> None:
     m = build_classifier(2)
     heads = MGACRHeads((2, 4))
-    feats = forward_stages(m, torch.randn(2, 1, 64, 64))
+    feats = m.forward_intermediates(torch.randn(2, 1, 64, 64))
     f, mp, mn = heads(feats)
     assert [t.shape for t in mp] == [(2, 1, 8, 8), (2, 1, 2, 2)] and len(mn) == 2 and f[0].shape[1] == 128
     assert all(((t > 0) & (t < 1)).all() for t in mp + mn)

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from deeppneumonia.checkpoint import save_weights
+from deeppneumonia.inference.predictor import Predictor
 from deeppneumonia.models.cam import class_activation_maps, gradcam_maps, normalized_maps, salient_mask
+from deeppneumonia.models.checkpoint import save_weights
+from deeppneumonia.models.factory import build_classifier, encoder_state, load_encoder
 from deeppneumonia.models.msa import MSAResNet, msa_arch, parse_msa_arch
-from deeppneumonia.models.resnet import build_classifier, encoder_state, load_encoder
-from deeppneumonia.predictor import Predictor
 
 
 def test_arch_names_roundtrip_and_reject_nonsense() -> None:
@@ -62,7 +62,7 @@ def test_salient_mask_follows_the_map_and_the_selected_classes() -> None:
 
 
 def test_onnx_feature_wrapper_gives_the_msa_networks_own_logits_and_cam_map() -> None:
-    from deeppneumonia.export import _WithFeatures
+    from deeppneumonia.inference.export import _WithFeatures
 
     m = build_classifier(2, "resnet18_msa34").eval()
     x = torch.randn(2, 1, 64, 64)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from deeppneumonia.errors import ConfigError
-from deeppneumonia.pipeline import prepare_data, run_train
-from deeppneumonia.predictor import Predictor
+from deeppneumonia.inference.predictor import Predictor
+from deeppneumonia.training.pipeline import prepare_data, run_train
 from tests.conftest import make_lesion_csv, make_multilabel_csv
 from tests.training.test_pipeline import tiny_config
 

@@ -11,15 +11,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from deeppneumonia.checkpoint import load_state, load_weights
 from deeppneumonia.config import Config, load_config
-from deeppneumonia.device import resolve_runtime
 from deeppneumonia.errors import ConfigError
 from deeppneumonia.evaluation.iam_maps import aggregate_maps, iam_heatmaps, load_round_networks
+from deeppneumonia.losses.knowledge import kp_loss
 from deeppneumonia.models.cam import class_maps, salient_mask
-from deeppneumonia.models.resnet import build_classifier
-from deeppneumonia.pipeline import prepare_data, run_train
-from deeppneumonia.training.iam import IAMTask, erase, kp_loss, positive_labels
+from deeppneumonia.models.checkpoint import load_state, load_weights
+from deeppneumonia.models.factory import build_classifier
+from deeppneumonia.runtime.device import resolve_runtime
+from deeppneumonia.training.iam import IAMTask, positive_labels
+from deeppneumonia.training.pipeline import prepare_data, run_train
+from deeppneumonia.transforms.erase import erase
 from tests.conftest import make_lesion_csv
 
 
@@ -33,11 +35,11 @@ class BrightnessNet(nn.Module):
             self.fc.weight.copy_(torch.tensor([[-1.0], [1.0]]))
             self.fc.bias.zero_()
 
-    def cam_features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
         return nn.functional.avg_pool2d(x, 4)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.cam_features(x).mean((2, 3)))
+        return self.fc(self.forward_features(x).mean((2, 3)))
 
 
 def lesion_batch(size: int = 64, box: tuple[int, int, int, int] = (36, 12, 16, 12)) -> tuple[Tensor, Tensor]:

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from torchvision.models import resnet18
 
-from deeppneumonia.checkpoint import load_state, load_weights
 from deeppneumonia.config import Config, load_config
 from deeppneumonia.errors import ConfigError
-from deeppneumonia.pipeline import open_run, prepare_data, run_pretrain, run_train
+from deeppneumonia.models.checkpoint import load_state, load_weights
+from deeppneumonia.training.pipeline import open_run, prepare_data, run_pretrain, run_train
 from deeppneumonia.training.supervised import SupervisedTask
 from tests.conftest import make_lesion_csv
 
@@ -99,7 +99,7 @@ def test_table1_switches_and_config_guard(tmp_path: Path, lesion_data: Path) -> 
     cfg = tiny_config(tmp_path, lesion_data, "train.mgacr.attention=false", "train.mgacr.feature=false",
                       "train.loss.kind=ce", "train.pretrained=false")
     data = prepare_data(cfg, progress=False)
-    from deeppneumonia.device import resolve_runtime
+    from deeppneumonia.runtime.device import resolve_runtime
 
     task = SupervisedTask(cfg, data.train, data.val, resolve_runtime("cpu", "fp32"), data.manifest.classes, "multiclass")
     assert set(task.modules()) == {"model"}
@@ -162,7 +162,7 @@ def test_stage1_extra_unlabelled_data_leaves_out_the_runs_own_images(tmp_path: P
     other = make_lesion_csv(tmp_path / "other", n=16, size=48, seed=7)
     cfg = tiny_config(tmp_path, lesion_data, f"pretrain.extra_data=[{other}, {lesion_data}]")
     data = prepare_data(cfg, progress=False)
-    from deeppneumonia.pipeline import extra_pretrain_data
+    from deeppneumonia.training.pipeline import extra_pretrain_data
 
     parts = extra_pretrain_data(cfg, data)
     assert [len(p) for p in parts] == [16, 0]  # the run's own CSV adds nothing: its val/test images stay unseen

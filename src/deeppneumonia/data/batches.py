@@ -2,7 +2,7 @@
 
 Images are gathered from the memory-mapped cache with one fancy-index per batch (the OS page cache keeps
 a data set that fits in memory resident; one that does not is read as needed). Conversion to float,
-masks, augmentation and normalisation happen on the training device (``training/inputs.py``).
+masks, augmentation and normalisation happen on the training device (``transforms/inputs.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class BatchSource:
         and takes its contiguous 1/W slice of each batch (rank 0 the first), so W processes together see
         exactly the batches one process would. Needs ``drop_last`` and a batch size divisible by W.
         """
-        from deeppneumonia import distributed
+        from deeppneumonia.runtime import distributed
 
         n = len(self)
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)

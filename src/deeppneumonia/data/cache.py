@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +171,7 @@ def build_cache(manifest: Manifest, size: int, cache_dir: str | Path, mode: str 
     return _open(path, manifest)
 
 
-def _map(jobs: Sequence[tuple[str, int, str]], workers: int):  # type: ignore[no-untyped-def]
+def _map(jobs: Sequence[tuple[str, int, str]], workers: int) -> Iterator[tuple[np.ndarray | None, str | None]]:
     if workers <= 1 or len(jobs) < 64:
         yield from map(_decode, jobs)
         return

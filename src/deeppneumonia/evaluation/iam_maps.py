@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deeppneumonia.checkpoint import load_weights
-from deeppneumonia.device import eval_mode
 from deeppneumonia.errors import CheckpointError
 from deeppneumonia.models.cam import class_maps, normalized_maps
-from deeppneumonia.models.resnet import build_classifier
+from deeppneumonia.models.checkpoint import load_weights
+from deeppneumonia.models.factory import build_classifier
+from deeppneumonia.runtime.device import eval_mode
 
 ROUNDS_FILE = "iam_rounds.safetensors"
 

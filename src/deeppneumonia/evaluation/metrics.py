@@ -15,6 +15,7 @@ NaN instead (they return floats).
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -27,16 +28,12 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
-    precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
-    roc_curve,
 )
 
 ECE_BINS = 15
 """Equal-width confidence bins of the expected calibration error (Guo et al., 2017)."""
-MAX_CURVE_POINTS = 200
-"""Most points kept per ROC / PR curve by :func:`curves`."""
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 """(probs (N, C), targets (N, C)) -> flat dict of float metrics (NaN or None where undefined)."""
@@ -371,114 +368,41 @@ def scalar_metrics(multilabel: bool, thresholds: np.ndarray | None = None) -> Me
     return multilabel_fn if multilabel else multiclass_fn
 
 
-def choose_thresholds(probs: np.ndarray, targets: np.ndarray, method: str = "youden",
-                      target_sensitivity: float = 0.9) -> np.ndarray:
-    """Per-class one-vs-rest operating points, to be chosen on VALIDATION data (roc_curve, prediction = p >= thr).
+def image_and_study_metrics(probs: np.ndarray, targets: np.ndarray, studies: Sequence[Hashable] | None,
+                            multilabel: bool = False) -> dict[str, Any]:
+    """Scalar metrics of the images, then (``study_`` prefix) of their studies, the way every table reports them.
 
     Args:
-        probs: (N, C). targets: (N, C), one-hot (multiclass) or 0 / 1 / NaN (multilabel; NaN masked per class).
-        method: ``"youden"``: the threshold maximising TPR - FPR (the highest one on ties); ``"sensitivity"``: the
-            highest threshold whose TPR >= ``target_sensitivity``.
-        target_sensitivity: in (0, 1], for ``"sensitivity"``.
+        probs: (N, C) probabilities. targets: (N, C) as in :func:`scalar_metrics`.
+        studies: the study of each image, or None for image-level metrics only.
+        multilabel: sigmoid outputs with per-class targets.
 
     Returns:
-        (C,) thresholds; 0.5 for classes without both (known) positives and negatives.
+        The flat :func:`scalar_metrics` dict, plus ``study_<metric>`` and ``studies`` (their number) when the images
+        of every study share one label; without study metrics when they do not (logged, not raised).
     """
-    if method not in ("youden", "sensitivity"):
-        raise ValueError(f"method must be 'youden' or 'sensitivity', got {method!r}")
-    if not 0.0 < target_sensitivity <= 1.0:
-        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
-    p, t = as_arrays(probs, targets)
-    truth, known = _ovr_truth(t)
-    out = np.full(p.shape[1], 0.5)
-    for k in range(p.shape[1]):
-        m = known[:, k]
-        y = truth[m, k]
-        if not 0 < y.sum() < y.size:
-            continue
-        fpr, tpr, thr = roc_curve(y, p[m, k], drop_intermediate=False)
-        finite = np.isfinite(thr)  # thr[0] is +inf (nothing predicted positive)
-        fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]
-        # thresholds decrease along the curve: argmax takes the first = highest qualifying threshold
-        i = int(np.argmax(tpr - fpr)) if method == "youden" else int(np.argmax(tpr >= target_sensitivity - 1e-12))
-        out[k] = float(thr[i])
+    metric = scalar_metrics(multilabel)
+    out: dict[str, Any] = dict(metric(probs, targets))
+    if studies is None:
+        return out
+    try:
+        ps, ts, _ = aggregate_by_group(probs, targets, studies, multilabel)
+    except ValueError as exc:  # images of a study disagree on the label: no study level
+        logging.getLogger(__name__).warning("no study-level metrics: %s", exc)
+        return out
+    out.update({f"study_{k}": v for k, v in metric(ps, ts).items()})
+    out["studies"] = len(ps)
     return out
-
-
-def _downsample(a: np.ndarray, b: np.ndarray, max_points: int) -> tuple[list[float], list[float]]:
-    """At most ``max_points`` evenly spaced points of two (L,) arrays, first and last always kept."""
-    if a.size > max_points:
-        idx = np.unique(np.linspace(0, a.size - 1, max_points).round().astype(np.int64))
-        a, b = a[idx], b[idx]
-    return [float(x) for x in a], [float(x) for x in b]
-
-
-def curves(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str],
-           max_points: int = MAX_CURVE_POINTS) -> dict[str, dict[str, list[float]]]:
-    """Per-class one-vs-rest ROC and precision-recall curves for plotting (NaN targets masked).
-
-    Args:
-        probs: (N, C). targets: (N, C), one-hot or 0 / 1 / NaN. classes: C names.
-        max_points: most points per curve (evenly spaced subsample).
-
-    Returns:
-        ``{class: {"fpr", "tpr", "precision", "recall"}}``, lists of <= ``max_points`` floats; all empty for a class
-        without both (known) positives and negatives.
-    """
-    p, t = as_arrays(probs, targets)
-    if len(classes) != p.shape[1]:
-        raise ValueError(f"{len(classes)} class names for {p.shape[1]} probability columns")
-    truth, known = _ovr_truth(t)
-    out: dict[str, dict[str, list[float]]] = {}
-    for k, name in enumerate(classes):
-        m = known[:, k]
-        y = truth[m, k]
-        if not 0 < y.sum() < y.size:
-            out[name] = {"fpr": [], "tpr": [], "precision": [], "recall": []}
-            continue
-        fpr, tpr, _ = roc_curve(y, p[m, k])
-        precision, recall, _ = precision_recall_curve(y, p[m, k])
-        fpr_l, tpr_l = _downsample(fpr, tpr, max_points)
-        prec_l, rec_l = _downsample(precision, recall, max_points)
-        out[name] = {"fpr": fpr_l, "tpr": tpr_l, "precision": prec_l, "recall": rec_l}
-    return out
-
-
-def reliability(probs: np.ndarray, targets: np.ndarray, multilabel: bool = False,
-                n_bins: int = ECE_BINS) -> dict[str, list[float | None]]:
-    """Reliability-diagram data, with the binning of the ECE of :func:`classification_metrics`.
-
-    Args:
-        probs: (N, C). targets: (N, C), one-hot (multiclass) or 0 / 1 / NaN (multilabel).
-        multilabel: binary calibration over the known (image, class) pairs instead of max-probability calibration.
-        n_bins: equal-width bins on [0, 1].
-
-    Returns:
-        ``centres``, ``accuracy`` (fraction correct, or of positives when multilabel), ``confidence`` (mean
-        predicted probability) and ``count``: lists of length ``n_bins``; accuracy / confidence None for empty bins.
-    """
-    p, t = as_arrays(probs, targets)
-    conf, outcome = _calibration_inputs(p, t, multilabel)
-    count, out_sum, conf_sum = _bin_stats(conf, outcome, n_bins)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    safe = np.maximum(count, 1)
-    return {"centres": [float(x) for x in (edges[:-1] + edges[1:]) / 2],
-            "accuracy": [float(a) if n else None for a, n in zip(out_sum / safe, count, strict=True)],
-            "confidence": [float(c) if n else None for c, n in zip(conf_sum / safe, count, strict=True)],
-            "count": [int(n) for n in count]}
 
 
 __all__ = [
     "ECE_BINS",
-    "MAX_CURVE_POINTS",
     "MetricFn",
     "aggregate_by_group",
     "as_arrays",
-    "choose_thresholds",
     "classification_metrics",
-    "curves",
     "first_appearance_codes",
-    "reliability",
+    "image_and_study_metrics",
     "scalar_metrics",
     "to_jsonable",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 
-def _fig(w: float = 4.2, h: float = 3.6):  # type: ignore[no-untyped-def]
+def _fig(w: float = 4.2, h: float = 3.6) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -20,7 +20,7 @@ def _fig(w: float = 4.2, h: float = 3.6):  # type: ignore[no-untyped-def]
     return plt.subplots(figsize=(w, h), dpi=110)
 
 
-def _png(fig) -> bytes:  # type: ignore[no-untyped-def]
+def _png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

@@ -20,29 +20,31 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from torch import Tensor, nn
+from torch import Tensor
 
-from deeppneumonia.checkpoint import load_weights
 from deeppneumonia.data.batches import CachedSplit
 from deeppneumonia.data.cache import build_cache
 from deeppneumonia.data.sources import load_source
 from deeppneumonia.data.splits import patient_split
-from deeppneumonia.device import Runtime, eval_mode, resolve_runtime
 from deeppneumonia.errors import CheckpointError
-from deeppneumonia.inputs import make_inputs
-from deeppneumonia.models.resnet import build_classifier, forward_head, forward_stages, load_encoder
+from deeppneumonia.models.checkpoint import load_weights
+from deeppneumonia.models.factory import build_classifier, load_encoder
+from deeppneumonia.models.resnet import XRayResNet
+from deeppneumonia.runtime.device import Runtime, eval_mode, resolve_runtime
+from deeppneumonia.transforms.inputs import make_inputs
+from deeppneumonia.transforms.preprocessing import Preprocessing
 
 
 @torch.no_grad()
-def embed(model: nn.Module, split: CachedSplit, rt: Runtime, mean: float, std: float,
+def embed(model: XRayResNet, split: CachedSplit, rt: Runtime, pre: Preprocessing,
           batch_size: int = 128) -> Tensor:
     """(N, D) L2-normalised pooled encoder features of a split (no augmentation), in the split's order."""
     out = []
     with eval_mode(model):
         for batch in split.iterate(batch_size):
-            x, _ = make_inputs(batch, rt, mean, std, None, None)
+            x, _ = make_inputs(batch, rt, pre, None, None)
             with rt.autocast():
-                h = forward_head(model, forward_stages(model, x)[-1], pre_logits=True)  # type: ignore[arg-type]
+                h = model.forward_head(model.forward_features(x), pre_logits=True)
             out.append(F.normalize(h.float(), dim=1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 1)
 
@@ -85,7 +87,8 @@ def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "aut
     else:
         sp = patient_split(manifest, 0.0, 0.3, seed)
         train_idx, test_idx = sp.train, sp.test
-    cache = build_cache(manifest, int(meta["size"]), cache_dir, meta["resize"], progress=False)
+    pre = Preprocessing(int(meta["size"]), str(meta["resize"]), float(meta["mean"]), float(meta["std"]))
+    cache = build_cache(manifest, pre.size, cache_dir, pre.resize, progress=False)
     train, test = CachedSplit(cache, np.sort(train_idx)), CachedSplit(cache, np.sort(test_idx))
     ty, vy = train.targets.argmax(1), test.targets.argmax(1)
     out: dict[str, Any] = {"train_images": len(train), "test_images": len(test)}
@@ -95,7 +98,7 @@ def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "aut
         if load:
             load_encoder(model, state)
         model.to(rt.device)
-        f_tr = embed(model, train, rt, meta["mean"], meta["std"])
-        f_te = embed(model, test, rt, meta["mean"], meta["std"])
+        f_tr = embed(model, train, rt, pre)
+        f_te = embed(model, test, rt, pre)
         out[name] = probe_scores(f_tr, ty, f_te, vy)
     return out

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-import deeppneumonia.evaluation.metrics as M
 from deeppneumonia.evaluation import plots
-from deeppneumonia.predictor import Predictor
+from deeppneumonia.evaluation.curves import curves, reliability
+from deeppneumonia.inference.predictor import Predictor
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -83,15 +83,15 @@ def write_report(path: Path, result: dict[str, Any], pred: Predictor, probs: np.
              "<h2>Per class (image level)</h2>", _per_class(result["image"])]
     figs = []
     if len(probs):
-        roc, pr = plots.roc_pr(M.curves(probs, targets, classes))
+        roc, pr = plots.roc_pr(curves(probs, targets, classes))
         figs += [_img(roc, "ROC"), _img(pr, "PR")]
         if "confusion_matrix" in result["image"]:
             figs.append(_img(plots.confusion(result["image"]["confusion_matrix"], classes), "confusion matrix"))
-        figs.append(_img(plots.reliability(M.reliability(probs, targets, pred.multilabel)), "reliability"))
+        figs.append(_img(plots.reliability(reliability(probs, targets, pred.multilabel)), "reliability"))
     parts += ["<h2>Curves</h2><div class=figs>", *figs, "</div>"]
-    curves = plots.training_curves(run_dir)
-    if curves:
-        parts += ["<h2>Training</h2><div class=figs>", *[_img(png, t) for t, png in curves], "</div>"]
+    training = plots.training_curves(run_dir)
+    if training:
+        parts += ["<h2>Training</h2><div class=figs>", *[_img(png, t) for t, png in training], "</div>"]
     parts += ["<h2>Localization of Grad-CAM (true class) against the lesion boxes</h2>",
               "<p class=note>pointing: the heatmap maximum falls in a box; energy: share of heatmap mass inside the "
               "boxes; tiou@t: a box around a thresholded heatmap region overlaps a lesion box with IoU &ge; t.</p>",

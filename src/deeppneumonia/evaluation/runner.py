@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 import deeppneumonia.evaluation.metrics as M
-from deeppneumonia.checkpoint import write_json
 from deeppneumonia.data.batches import CachedSplit
 from deeppneumonia.data.cache import build_cache
 from deeppneumonia.data.manifest import Box
@@ -28,8 +27,9 @@ from deeppneumonia.data.sources import load_source
 from deeppneumonia.errors import DataError
 from deeppneumonia.evaluation.bootstrap import evaluate_with_ci
 from deeppneumonia.evaluation.localization import localization_scores, summarize_localization
-from deeppneumonia.explain import gradcam, overlay
-from deeppneumonia.predictor import Predictor
+from deeppneumonia.inference.explain import gradcam, overlay
+from deeppneumonia.inference.predictor import Predictor
+from deeppneumonia.models.checkpoint import write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,25 @@ def select_split(checkpoint: Path, image_ids: list[str], split: str) -> tuple[np
     return idx, part
 
 
+def format_metrics(m: dict[str, Any]) -> str:
+    """The headline of an evaluation as a few lines: counts, then image and study metrics with their CIs."""
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "map", "ece")
+    lines = [f"{m['images']} images of {m['patients']} patients ({m['split']} split)"]
+    for level in ("image", "study"):
+        if level not in m:
+            continue
+        ci = m[level].get("ci", {})
+        cells = []
+        for k in keys:
+            v = m[level].get(k)
+            if v is None:
+                continue
+            lo_hi = ci.get(k)
+            cells.append(f"{k} {v:.3f}" + (f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi and lo_hi[0] is not None else ""))
+        lines.append(f"{level:>6}: " + ", ".join(cells))
+    return "\n".join(lines)
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str | Path, source: str = "auto",
                         split: str = "auto", cache_dir: str | Path = "~/.cache/deeppneumonia", n_boot: int = 1000,
                         gradcam_layer: str = "layer4", max_cam_images: int = 300, gallery_per_class: int = 3,
@@ -73,8 +92,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
     if tuple(manifest.classes) != tuple(pred.classes):
         raise DataError(f"the data's classes {manifest.classes} differ from the model's {pred.classes}")
     idx, part = select_split(checkpoint, [r.image_id for r in manifest.records], split)
-    prep = pred.meta["preprocessing"]
-    cache = build_cache(manifest, prep["size"], cache_dir, prep["resize"], progress=progress)
+    cache = build_cache(manifest, pred.pre.size, cache_dir, pred.pre.resize, progress=progress)
     subset = CachedSplit(cache, idx)
     probs_l, batches = [], []
     for batch in subset.iterate(64):
@@ -128,9 +146,9 @@ def _score_attention(pred: Predictor, heads_path: Path, cache: Any, order: np.nd
     """Localization of MGACR's map+ per layer (heads kept for analysis with train.keep_attention_heads)."""
     import torch.nn.functional as F
 
-    from deeppneumonia.checkpoint import load_weights
     from deeppneumonia.models.attention import MGACRHeads
-    from deeppneumonia.models.resnet import forward_stages
+    from deeppneumonia.models.checkpoint import load_weights
+
 
     state, meta = load_weights(heads_path)
     heads = MGACRHeads(meta["layers"]).to(pred.rt.device)
@@ -142,7 +160,7 @@ def _score_attention(pred: Predictor, heads_path: Path, cache: Any, order: np.nd
         for start in range(0, len(boxed), 32):
             ks = boxed[start:start + 32]
             x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
-            _, maps_pos, _ = heads(forward_stages(pred.model, x))
+            _, maps_pos, _ = heads(pred.model.forward_intermediates(x))
             for layer, mp in zip(heads.layers, maps_pos, strict=True):
                 up = F.interpolate(mp.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
                 for k, heat in zip(ks, up.cpu().numpy(), strict=True):

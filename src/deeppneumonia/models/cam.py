@@ -17,15 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deeppneumonia.models.resnet import forward_stages
-
 
 def cam_features(model: nn.Module, x: Tensor) -> Tensor:
-    """The map that the classifier globally pools: (B, K, h, w)."""
-    fn = getattr(model, "cam_features", None)
-    if callable(fn):
-        return fn(x)  # type: ignore[no-any-return]
-    return forward_stages(model, x)[-1]  # type: ignore[arg-type]
+    """The map that the classifier globally pools, (B, K, h, w): the network's ``forward_features``."""
+    return model.forward_features(x)  # type: ignore[operator, no-any-return]
 
 
 def _fc(model: nn.Module) -> nn.Linear:

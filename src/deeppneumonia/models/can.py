@@ -15,24 +15,27 @@ settled here (docs/method.md, "Cross-Attention Networks"):
   (``v_kc = sum_xy M_c F_k / sum_xy M_c``) and scores them with a per-class linear layer; the logits are the
   mean of the two branches'. ``M`` is also the model's localization map (``attention_maps``).
 
-The class is a torchvision ``ResNet`` (``conv1`` .. ``layer4`` keep their names, so a Stage I encoder loads,
-``forward_stages`` reaches branch A, and Grad-CAM's default ``layer4`` works); ``fc`` is unused and empty.
+The class is an :class:`~deeppneumonia.models.resnet.XRayResNet` (``conv1`` .. ``layer4`` keep their names,
+so a Stage I encoder loads, ``forward_intermediates`` reaches branch A,
+and Grad-CAM's default ``layer4`` works); ``fc`` is unused and empty.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import ResNet
 from torchvision.models.resnet import BasicBlock
 
+from deeppneumonia.models.resnet import XRayResNet
 
-class CrossAttentionResNet(ResNet):
+
+class CrossAttentionResNet(XRayResNet):
+    """Shared ResNet18 trunk, two ``layer4`` branches, per-class cross-attention (see the module docstring)."""
+
+    fresh_prefixes = ("fc.", "layer4_b.", "att_a.", "att_b.", "cls_", "bias_")  # what a Stage I encoder leaves fresh
+
     def __init__(self, num_classes: int, in_chans: int = 1) -> None:
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-        if in_chans != 3:
-            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        super().__init__("resnet18", num_classes, in_chans)
         self.inplanes = 256
         self.layer4_b = self._make_layer(BasicBlock, 512, 2, stride=2)  # branch B, its own random init
         for m in self.layer4_b.modules():

@@ -11,8 +11,8 @@ Because GAP and ``fc`` are linear, ``logits_c = mean_{h,w} CAM_c + b_c`` with ``
 the class activation map (Zhou et al. 2016) is exact at the finest aggregated resolution
 (:func:`deeppneumonia.models.cam.class_activation_maps`).
 
-The network is a torchvision ``ResNet`` subclass (``conv1`` .. ``layer4`` unchanged, so Stage I encoders
-load into it and ``forward_stages`` works) plus an ``msa`` module; its ``fc`` takes ``width * len(layers)``
+The network is an :class:`~deeppneumonia.models.resnet.XRayResNet` (``conv1`` .. ``layer4`` unchanged, so Stage I
+encoders load into it and ``forward_intermediates`` works) plus an ``msa`` module; its ``fc`` takes ``width * len(layers)``
 inputs. The architecture name says everything needed to rebuild it from a checkpoint's metadata:
 ``resnet18_msa34`` = ResNet18 aggregating layers 3 and 4 (:func:`msa_arch`, :func:`parse_msa_arch`).
 """
@@ -26,15 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import ResNet
-from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from deeppneumonia.models.resnet import STAGE_CHANNELS, XRayResNet, grey_stem
 
 MSA_WIDTH = 256  # channels each aggregated stage is projected to
 _ARCH = re.compile(r"^(resnet18|resnet50)_msa([1-4]+)$")
-_BASE: dict[str, tuple[type[BasicBlock | Bottleneck], list[int], tuple[int, ...]]] = {
-    "resnet18": (BasicBlock, [2, 2, 2, 2], (64, 128, 256, 512)),
-    "resnet50": (Bottleneck, [3, 4, 6, 3], (256, 512, 1024, 2048)),
-}
 
 
 def msa_arch(base: str, layers: Sequence[int]) -> str:
@@ -42,8 +38,8 @@ def msa_arch(base: str, layers: Sequence[int]) -> str:
     ls = sorted(set(int(i) for i in layers))
     if not ls or any(i not in (1, 2, 3, 4) for i in ls):
         raise ValueError(f"MSA layers must be a non-empty subset of 1..4, got {tuple(layers)}")
-    if base not in _BASE:
-        raise ValueError(f"MSA needs a ResNet backbone ({sorted(_BASE)}), not {base!r}")
+    if base not in STAGE_CHANNELS:
+        raise ValueError(f"MSA needs a ResNet backbone ({sorted(STAGE_CHANNELS)}), not {base!r}")
     return f"{base}_msa{''.join(map(str, ls))}"
 
 
@@ -79,34 +75,18 @@ class MSAModule(nn.Module):
         return torch.cat(out, 1)
 
 
-class MSAResNet(ResNet):
+class MSAResNet(XRayResNet):
     """A ResNet whose classifier pools the aggregated multi-scale map ``msa(layer1..4)`` instead of layer4."""
 
-    def __init__(self, base: str, layers: Sequence[int], num_classes: int, **kwargs: Any) -> None:
-        block, blocks, channels = _BASE[base]
-        super().__init__(block, blocks, num_classes=num_classes, **kwargs)
-        self.msa = MSAModule(layers, channels)
+    fresh_prefixes = ("fc.", "msa.")
+
+    def __init__(self, base: str, layers: Sequence[int], num_classes: int, in_chans: int = 1, **kwargs: Any) -> None:
+        super().__init__(base, num_classes, in_chans=3, **kwargs)
+        self.msa = MSAModule(layers, STAGE_CHANNELS[base])
         self.fc = nn.Linear(self.msa.out_channels, num_classes)
+        if in_chans != 3:
+            self.conv1 = grey_stem(in_chans)
 
-    def stages(self, x: Tensor) -> list[Tensor]:
-        from deeppneumonia.models.resnet import forward_stages
-
-        return forward_stages(self, x)
-
-    def cam_features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
         """The map that is globally pooled for ``fc``: (B, width * len(layers), h, w)."""
-        return self.msa(self.stages(x))  # type: ignore[no-any-return]
-
-    def _forward_impl(self, x: Tensor) -> Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.cam_features(x)), 1))  # type: ignore[no-any-return]
-
-
-def build_msa_classifier(num_classes: int, arch: str, in_chans: int = 1) -> MSAResNet:
-    parsed = parse_msa_arch(arch)
-    if parsed is None:
-        raise ValueError(f"not an MSA architecture name: {arch!r} (e.g. resnet18_msa34)")
-    model = MSAResNet(parsed[0], parsed[1], num_classes)
-    if in_chans != 3:
-        model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    return model
+        return self.msa(self.forward_intermediates(x))  # type: ignore[no-any-return]

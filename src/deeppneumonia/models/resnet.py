@@ -1,78 +1,79 @@
-"""The classifier: torchvision's ResNet18 on one grey channel, with per-stage features exposed.
+"""The classifier: torchvision's ResNet on one grey channel, with timm's model API as methods.
 
-The network saved for inference is exactly ``torchvision.models.resnet18(num_classes=C)`` with a
-1-channel ``conv1``: MGACR heads and the SimCLR projector live outside it (``models/attention.py``,
-``models/projector.py``), so inference costs nothing extra by construction (paper Sec. IV-C).
-Weights are never downloaded: training starts from scratch or from a Stage I encoder.
+:class:`XRayResNet` is a ``torchvision.models.ResNet`` (same modules, same state-dict keys: the network saved
+for inference is exactly ``torchvision.models.resnet18(num_classes=C)`` with a 1-channel ``conv1``) plus:
+
+* ``forward_intermediates(x)``: the outputs of ``layer1`` .. ``layer4`` (what MGACR and MSA read);
+* ``forward_features(x)``: the map the head pools (``layer4`` here; the aggregated map of an MSA network);
+* ``forward_head(x, pre_logits=False)``: global average pooling, then ``fc`` (or the pooled features);
+* ``fresh_prefixes``: the parameters a Stage I encoder does not initialise (``fc`` here; subclasses add theirs).
+
+MGACR heads and the SimCLR projector live outside the network (``models/attention.py``, ``models/projector.py``),
+so inference costs nothing extra by construction (paper Sec. IV-C). Weights are never downloaded.
+The multi-scale (``models/msa.py``) and cross-attention (``models/can.py``) networks extend this class;
+``models/factory.py`` builds any of them from an architecture name.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
-from torchvision.models import ResNet, resnet18, resnet50, vgg16, vgg16_bn
+from torchvision.models import ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 STAGE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048)}
+BLOCKS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+}
 
 
-ARCHS = ("resnet18", "resnet50", "vgg16", "vgg16_bn", "can_resnet18")
+def grey_stem(in_chans: int = 1) -> nn.Conv2d:
+    """ResNet's 7x7 stride-2 ``conv1`` for ``in_chans`` input channels, with torchvision's (Kaiming) init."""
+    conv = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
 
 
-def build_classifier(num_classes: int, arch: str = "resnet18", in_chans: int = 1) -> ResNet:
-    """A randomly initialised ResNet (or, as a Table II baseline, VGG16) whose stem takes ``in_chans`` channels.
+class XRayResNet(ResNet):
+    """A torchvision ResNet whose stem takes ``in_chans`` channels, with the model API as methods.
 
-    ``resnet18_msaNN`` (e.g. ``resnet18_msa34``) is the multi-scale aggregation variant of IAM (``models/msa.py``).
+    Args:
+        base: ``"resnet18"`` or ``"resnet50"``.
+        num_classes: outputs of ``fc``.
+        in_chans: input channels (1 for grey radiographs; 3 keeps torchvision's stem).
     """
-    if "_msa" in arch:
-        from deeppneumonia.models.msa import build_msa_classifier
 
-        return build_msa_classifier(num_classes, arch, in_chans)
-    if arch == "can_resnet18":  # Cross-Attention Network (models/can.py), a ResNet with two layer4 branches
-        from deeppneumonia.models.can import CrossAttentionResNet
+    fresh_prefixes: ClassVar[tuple[str, ...]] = ("fc.",)
 
-        return CrossAttentionResNet(num_classes, in_chans)
-    if arch in ("vgg16", "vgg16_bn"):  # vgg16_bn: the Table II row (plain VGG16 barely leaves the prior in 5 epochs)
-        vgg = (vgg16 if arch == "vgg16" else vgg16_bn)(weights=None, num_classes=num_classes)
-        stem = nn.Conv2d(in_chans, 64, kernel_size=3, padding=1)
-        nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")  # torchvision's VGG init
-        nn.init.zeros_(stem.bias)  # type: ignore[arg-type]  # bias=True by default
-        vgg.features[0] = stem
-        return vgg  # type: ignore[return-value]  # only forward() is used for VGG
-    factory = {"resnet18": resnet18, "resnet50": resnet50}.get(arch)
-    if factory is None:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHS}")
-    model = factory(weights=None, num_classes=num_classes)
-    if in_chans != 3:
-        model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    return model
+    def __init__(self, base: str = "resnet18", num_classes: int = 1000, in_chans: int = 1, **kwargs: Any) -> None:
+        if base not in BLOCKS:
+            raise ValueError(f"unknown ResNet {base!r}; choose from {sorted(BLOCKS)}")
+        block, layers = BLOCKS[base]
+        super().__init__(block, layers, num_classes=num_classes, **kwargs)
+        self.base = base
+        if in_chans != 3:
+            self.conv1 = grey_stem(in_chans)
 
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """Outputs of ``layer1`` .. ``layer4``: shapes (N, C_i, H/4/2^(i-1), W/4/2^(i-1))."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        feats = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            feats.append(x)
+        return feats
 
-def forward_stages(model: ResNet, x: Tensor) -> list[Tensor]:
-    """Outputs of ``layer1`` .. ``layer4``: shapes (N, C_i, H/4/2^(i-1), W/4/2^(i-1))."""
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    feats = []
-    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
-        x = layer(x)
-        feats.append(x)
-    return feats
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The map the head pools, (N, K, h, w): ``layer4``'s output for a plain ResNet."""
+        return self.forward_intermediates(x)[-1]
 
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pooling of ``x`` (N, K, h, w), then ``fc`` (or the pooled (N, K) with ``pre_logits``)."""
+        pooled = torch.flatten(self.avgpool(x), 1)
+        return pooled if pre_logits else self.fc(pooled)  # type: ignore[no-any-return]
 
-def forward_head(model: ResNet, last: Tensor, pre_logits: bool = False) -> Tensor:
-    """Global average pooling then the linear layer (or the pooled features with ``pre_logits``)."""
-    pooled = torch.flatten(model.avgpool(last), 1)
-    return pooled if pre_logits else model.fc(pooled)
-
-
-def encoder_state(model: ResNet) -> dict[str, Tensor]:
-    """The backbone weights without the classification layer (what Stage I saves)."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-
-
-def load_encoder(model: ResNet, state: dict[str, Tensor]) -> None:
-    """Load Stage I encoder weights into a classifier; the new ``fc`` (and MSA projections) stay randomly initialised."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    own = ("fc.", "msa.", "layer4_b.", "att_a.", "att_b.", "cls_", "bias_")  # heads, MSA, CAN's branch B: fresh
-    bad = [k for k in missing if not k.startswith(own)]
-    if bad or unexpected:
-        raise ValueError(f"encoder does not match the network: missing {bad[:5]}, unexpected {unexpected[:5]}")
+    def _forward_impl(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))

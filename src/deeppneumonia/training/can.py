@@ -18,17 +18,22 @@ from torch import Tensor
 
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import Batch, CachedSplit
-from deeppneumonia.device import Runtime
 from deeppneumonia.errors import ConfigError
-from deeppneumonia.inputs import make_inputs
 from deeppneumonia.losses.balance import MultiLabelBalanceLoss, cross_attention_loss
 from deeppneumonia.models.can import CrossAttentionResNet
-from deeppneumonia.models.resnet import load_encoder
+from deeppneumonia.runtime.device import Runtime
 from deeppneumonia.training.supervised import SupervisedTask
+from deeppneumonia.transforms.inputs import make_inputs
 
 
 class CANTask(SupervisedTask):
+    """Cross-Attention Network training (``train.method=can``), in the one loop as a supervised task."""
+
     name = "train"
+
+    def build_model(self, num_classes: int) -> CrossAttentionResNet:
+        self.arch = "can_resnet18"
+        return CrossAttentionResNet(num_classes)
 
     def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit, rt: Runtime, classes: tuple[str, ...],
                  task: str, encoder: dict[str, Tensor] | None = None) -> None:
@@ -40,17 +45,12 @@ class CANTask(SupervisedTask):
         t = cfg.train
         no_mgacr = dataclasses.replace(t.mgacr, attention=False, feature=False)  # CAN uses no boxes
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, mgacr=no_mgacr))
-        super().__init__(cfg, train, val, rt, classes, task, None, "resnet18")
-        self.arch = "can_resnet18"
-        self.model = CrossAttentionResNet(len(classes))
-        if encoder is not None:
-            load_encoder(self.model, encoder)
+        super().__init__(cfg, train, val, rt, classes, task, encoder)
         c = t.can
         self.balance = MultiLabelBalanceLoss(train.targets, c.balance_gamma, c.balance_pos_weight).to(rt.device)
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
-        d = self.cfg.data
-        x, _ = make_inputs(batch, self.rt, d.mean, d.std, self.tcfg.augment, g)
+        x, _ = make_inputs(batch, self.rt, self.pre, self.tcfg.augment, g)
         out = self.model.forward_all(x)  # type: ignore[operator]
         y = batch.target.to(self.rt.device)
         losses = {"balance": self.balance(out["logits"], y),

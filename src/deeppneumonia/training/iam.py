@@ -33,77 +33,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deeppneumonia.checkpoint import load_weights, save_weights
 from deeppneumonia.config import Config, IAMConfig
 from deeppneumonia.data.batches import Batch, CachedSplit
-from deeppneumonia.device import Runtime
 from deeppneumonia.errors import ConfigError
 from deeppneumonia.evaluation.metrics import scalar_metrics
-from deeppneumonia.inference import predict_split
-from deeppneumonia.inputs import make_inputs
+from deeppneumonia.inference.split import predict_split
 from deeppneumonia.losses import ClassBalancedFocalLoss
+from deeppneumonia.losses.knowledge import kp_loss
 from deeppneumonia.models.cam import class_maps, salient_mask
+from deeppneumonia.models.checkpoint import load_weights, save_weights
+from deeppneumonia.models.factory import build_classifier, load_encoder
 from deeppneumonia.models.msa import msa_arch
-from deeppneumonia.models.resnet import build_classifier, load_encoder
+from deeppneumonia.runtime.device import Runtime
 from deeppneumonia.training.supervised import model_metadata
+from deeppneumonia.transforms.erase import erase
+from deeppneumonia.transforms.inputs import make_inputs
+from deeppneumonia.transforms.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
 ROUNDS_FILE = "iam_rounds.safetensors"
-
-
-def kp_loss(current: Tensor, frozen: Tensor, kind: str = "kl", multilabel: bool = False) -> Tensor:
-    """Knowledge-preservation loss between the updated network's logits and the frozen copy's, (B, C) each.
-
-    ``kl``: KL(p_frozen || p_current), summed over classes and averaged over images (softmax), or the mean over
-    labels of the Bernoulli KL (sigmoid, multi-label). ``l2_logits``: mean squared difference of the logits.
-    Zero when the two agree; the frozen side is detached, so no gradient reaches the frozen network.
-    """
-    frozen = frozen.detach().float()
-    current = current.float()
-    if kind == "l2_logits":
-        return F.mse_loss(current, frozen)
-    if kind != "kl":
-        raise ValueError(f"unknown KP loss {kind!r}; choose kl or l2_logits")
-    if multilabel:
-        lp, lq = F.logsigmoid(frozen), F.logsigmoid(current)
-        ln_p, ln_q = F.logsigmoid(-frozen), F.logsigmoid(-current)
-        p = torch.sigmoid(frozen)
-        return (p * (lp - lq) + (1 - p) * (ln_p - ln_q)).mean()
-    return F.kl_div(F.log_softmax(current, 1), F.log_softmax(frozen, 1), reduction="batchmean", log_target=True)
-
-
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (B, 1, H, W) with reflect padding."""
-    r = max(1, int(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t ** 2) / (2 * sigma ** 2))
-    k = k / k.sum()
-    y = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-
-
-def erase(x: Tensor, mask: Tensor, fill: str, zero_value: float = 0.0) -> Tensor:
-    """Replace the pixels of ``x`` (B, 1, H, W, normalised) where ``mask`` (B, 1, H, W bool) is set.
-
-    ``mean``: the image's own mean (normalised units); ``zero``: ``zero_value`` (the normalised value of a black
-    pixel); ``blur``: a coarse inpainting: the region is mean-filled, then the image is blurred with sigma = H / 16
-    and the blurred values fill the region, so the surrounding anatomy's brightness flows in while the finding's
-    own intensity and texture do not (a weaker give-away than a flat patch).
-    """
-    mean = x.mean((1, 2, 3), keepdim=True).expand_as(x)
-    if fill == "mean":
-        value = mean
-    elif fill == "zero":
-        value = torch.full_like(x, zero_value)
-    elif fill == "blur":
-        value = gaussian_blur(torch.where(mask, mean, x), max(1.0, x.shape[-1] / 16))
-    else:
-        raise ValueError(f"unknown erase fill {fill!r}; choose mean, zero or blur")
-    return torch.where(mask, value, x)
 
 
 def positive_labels(target: Tensor, classes: tuple[str, ...], negative: tuple[str, ...]) -> Tensor:
@@ -160,6 +111,7 @@ class IAMTask:
     def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit, rt: Runtime, classes: tuple[str, ...],
                  task: str, encoder: dict[str, Tensor] | None = None) -> None:
         self.cfg, self.ic, self.train, self.val, self.rt = cfg, cfg.train.iam, train, val, rt
+        self.pre = Preprocessing.from_config(cfg.data)
         check_schedule(self.ic, cfg.train.optim.epochs)
         self.classes, self.task = tuple(classes), task
         self.multilabel = task == "multilabel"
@@ -179,6 +131,8 @@ class IAMTask:
                                                mode="sigmoid" if self.multilabel else "softmax").to(rt.device)
         self.batch_size = min(cfg.train.optim.batch_size, len(train))
         self.images_per_batch = self.batch_size
+        # an MSA network that does not aggregate layer4 leaves it without gradient: DDP must look for unused ones
+        self.ddp_find_unused = self.ic.msa and 4 not in self.ic.msa_layers
         self.metric = cfg.train.best_metric if not self.multilabel else "auroc_macro"
         self.best_metric = "iam_selection"  # = self.metric in the last round, -1 before (see validate)
         self.round = 0
@@ -236,8 +190,7 @@ class IAMTask:
         return erased, union
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
-        d = self.cfg.data
-        x, _ = make_inputs(batch, self.rt, d.mean, d.std, self.cfg.train.augment, g)
+        x, _ = make_inputs(batch, self.rt, self.pre, self.cfg.train.augment, g)
         target = self._target(batch)
         if self.round == 0:
             cls = self.cls_loss(self.model(x).float(), target)
@@ -254,8 +207,7 @@ class IAMTask:
 
     # --- validation and saving ------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        d = self.cfg.data
-        probs = predict_split(self.model, self.val, self.rt, d.mean, d.std, self.multilabel)
+        probs = predict_split(self.model, self.val, self.rt, self.pre, self.multilabel)
         out = scalar_metrics(self.multilabel)(probs, self.val.targets.numpy())
         out["iam_round"] = float(self.round)
         out["iam_selection"] = float(out.get(self.metric, 0.0)) if self.round == self.ic.iterations else -1.0

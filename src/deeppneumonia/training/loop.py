@@ -25,19 +25,23 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from deeppneumonia import distributed
-from deeppneumonia.checkpoint import load_state, save_state
 from deeppneumonia.config import OptimConfig
 from deeppneumonia.data.batches import Batch
-from deeppneumonia.device import Runtime, compile_blocks
 from deeppneumonia.errors import DeepPneumoniaError
+from deeppneumonia.models.checkpoint import load_state, save_state
+from deeppneumonia.runtime import distributed
+from deeppneumonia.runtime.device import Runtime, compile_blocks
 
 log = logging.getLogger(__name__)
 
 
 class Task(Protocol):
-    name: str
+    """What the loop needs of a training method (``training/tasks.py`` lists the methods)."""
+
+    name: str  # the stage folder's role in logs ("pretrain", "train")
     best_metric: str  # a key of validate()'s result; higher is better
+    images_per_batch: int  # images one optimizer step sees (for images/s)
+    ddp_find_unused: bool  # some parameters get no gradient in some steps (DDP must look for them)
 
     def modules(self) -> dict[str, nn.Module]: ...
     def steps_per_epoch(self) -> int: ...
@@ -90,7 +94,7 @@ def _wrap(task: Task, modules: dict[str, nn.Module], rt: Runtime, sync_bn: bool)
         step = nn.SyncBatchNorm.convert_sync_batchnorm(step)  # replaces the BN layers inside the task's modules
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DistributedDataParallel(step, device_ids=ids,
-                                   find_unused_parameters=bool(getattr(task, "ddp_find_unused", False)))
+                                   find_unused_parameters=task.ddp_find_unused)
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
@@ -251,4 +255,4 @@ def logged_seconds(stage_dir: Path) -> float | None:
 
 
 def _batch_images(task: Task) -> int:
-    return int(getattr(task, "images_per_batch", 1))
+    return int(task.images_per_batch)

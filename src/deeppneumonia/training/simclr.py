@@ -17,22 +17,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deeppneumonia import distributed
-from deeppneumonia.checkpoint import save_weights
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import Batch, CachedSplit, UnlabelledUnion
-from deeppneumonia.device import Runtime, eval_mode
 from deeppneumonia.evaluation.probe import embed, knn_accuracy
-from deeppneumonia.inputs import make_inputs
 from deeppneumonia.losses import InfoNCELoss, contrastive_accuracy
+from deeppneumonia.models.checkpoint import save_weights
+from deeppneumonia.models.factory import build_classifier, encoder_state
 from deeppneumonia.models.projector import Projector
-from deeppneumonia.models.resnet import (
-    STAGE_CHANNELS,
-    build_classifier,
-    encoder_state,
-    forward_head,
-    forward_stages,
-)
+from deeppneumonia.models.resnet import STAGE_CHANNELS
+from deeppneumonia.runtime import distributed
+from deeppneumonia.runtime.device import Runtime, eval_mode
+from deeppneumonia.transforms.inputs import make_inputs
+from deeppneumonia.transforms.preprocessing import Preprocessing
 
 
 class SimCLRTask:
@@ -41,6 +37,7 @@ class SimCLRTask:
     def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit | None, rt: Runtime,
                  multiclass: bool, arch: str = "resnet18", extra: list[CachedSplit] | None = None) -> None:
         self.cfg, self.train, self.val, self.rt = cfg, train, val, rt
+        self.pre = Preprocessing.from_config(cfg.data)
         # the images Stage I trains on: the training split, plus unlabelled images of other data sets
         self.pool: CachedSplit | UnlabelledUnion = UnlabelledUnion([train, *extra]) if extra else train
         self.pcfg = cfg.pretrain
@@ -56,6 +53,7 @@ class SimCLRTask:
             raise ValueError("SimCLR needs at least 2 training images")
         self.batch_size = min(bs, len(self.pool))
         self.images_per_batch = self.batch_size
+        self.ddp_find_unused = False
 
     def modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "projector": self.projector}
@@ -68,13 +66,12 @@ class SimCLRTask:
                                   drop_last=True, shard=True)
 
     def _views(self, batch: Batch, g: torch.Generator) -> Tensor:
-        d = self.cfg.data
-        x1, _ = make_inputs(batch, self.rt, d.mean, d.std, self.pcfg.augment, g)
-        x2, _ = make_inputs(batch, self.rt, d.mean, d.std, self.pcfg.augment, g)
+        x1, _ = make_inputs(batch, self.rt, self.pre, self.pcfg.augment, g)
+        x2, _ = make_inputs(batch, self.rt, self.pre, self.pcfg.augment, g)
         return torch.cat([x1, x2])
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = forward_head(self.encoder, forward_stages(self.encoder, x)[-1], pre_logits=True)
+        h = self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
         z = self.projector(h)
         return z.chunk(2)  # type: ignore[return-value]
 
@@ -104,9 +101,8 @@ class SimCLRTask:
         out["contrastive_loss"] = float(np.mean(losses)) if losses else float("nan")
         out["contrastive_accuracy"] = float(np.mean(accs)) if accs else float("nan")
         if self.best_metric == "knn_accuracy" and self.val is not None:
-            d = self.cfg.data
-            tf = embed(self.encoder, self.train, self.rt, d.mean, d.std)
-            vf = embed(self.encoder, self.val, self.rt, d.mean, d.std)
+            tf = embed(self.encoder, self.train, self.rt, self.pre)
+            vf = embed(self.encoder, self.val, self.rt, self.pre)
             out["knn_accuracy"] = knn_accuracy(tf, self.train.targets.argmax(1), vf, self.val.targets.argmax(1),
                                                self.pcfg.knn_k)
         return out

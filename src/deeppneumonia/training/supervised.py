@@ -23,44 +23,52 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deeppneumonia.checkpoint import save_weights
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import Batch, CachedSplit
-from deeppneumonia.device import Runtime, eval_mode
 from deeppneumonia.evaluation.metrics import scalar_metrics
-from deeppneumonia.inference import predict_split
-from deeppneumonia.inputs import make_inputs
+from deeppneumonia.inference.split import predict_split
 from deeppneumonia.losses import ClassBalancedFocalLoss, MGACRLoss
 from deeppneumonia.models.attention import MGACRHeads
-from deeppneumonia.models.resnet import build_classifier, forward_head, forward_stages, load_encoder
+from deeppneumonia.models.checkpoint import save_weights
+from deeppneumonia.models.factory import build_classifier, load_encoder
+from deeppneumonia.models.resnet import XRayResNet
+from deeppneumonia.runtime.device import Runtime, eval_mode
+from deeppneumonia.transforms.inputs import make_inputs
+from deeppneumonia.transforms.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
 
 def model_metadata(cfg: Config, classes: tuple[str, ...], task: str, arch: str) -> dict[str, Any]:
     """What travels with the inference weights: classes, preprocessing, config."""
-    d = cfg.data
     return {"kind": "classifier", "arch": arch, "in_chans": 1, "classes": list(classes), "task": task,
-            "preprocessing": {"size": d.size, "resize": d.resize, "mean": d.mean, "std": d.std},
+            "preprocessing": Preprocessing.from_config(cfg.data).to_meta(),
             "thresholds": None, "config": cfg.to_dict()}
 
 
 class SupervisedTask:
+    """Deep Pneumonia's Stage II (``train.method=deep_pneumonia``); the base of the other supervised methods.
+
+    Subclasses change the network through :meth:`build_model` and the loss through :meth:`training_step`.
+    """
+
     name = "train"
+    ddp_find_unused = False  # every parameter receives a gradient at every step
 
     def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit, rt: Runtime,
-                 classes: tuple[str, ...], task: str, encoder: dict[str, Tensor] | None = None,
-                 arch: str = "resnet18") -> None:
+                 classes: tuple[str, ...], task: str, encoder: dict[str, Tensor] | None = None) -> None:
         self.cfg, self.tcfg, self.train, self.val, self.rt = cfg, cfg.train, train, val, rt
-        self.classes, self.task, self.arch = classes, task, arch
+        self.pre = Preprocessing.from_config(cfg.data)
+        self.classes, self.task = classes, task
+        self.arch: str = cfg.train.arch
         self.multilabel = task == "multilabel"
-        self.model = build_classifier(len(classes), arch)
+        self.model = self.build_model(len(classes))
         if encoder is not None:
             load_encoder(self.model, encoder)
         m = self.tcfg.mgacr
         self.heads = MGACRHeads(m.layers, m.kernel_size) if (m.attention or m.feature) else None
-        if self.heads is not None and not arch.startswith("resnet"):
-            raise ValueError(f"MGACR needs a ResNet backbone, not {arch}; set train.mgacr.attention/feature=false")
+        if self.heads is not None and not self.arch.startswith("resnet"):
+            raise ValueError(f"MGACR needs a ResNet backbone, not {self.arch}; set train.mgacr.attention/feature=false")
         lc = self.tcfg.loss
         beta, gamma = (lc.beta, lc.gamma) if lc.kind == "cb_focal" else (0.0, 0.0)  # (0, 0) = cross-entropy
         self.counts = train.class_counts()
@@ -70,6 +78,10 @@ class SupervisedTask:
         self.batch_size = min(self.tcfg.optim.batch_size, len(train))
         self.images_per_batch = self.batch_size
         self.best_metric = self.tcfg.best_metric if not self.multilabel else "auroc_macro"
+
+    def build_model(self, num_classes: int) -> XRayResNet:
+        """The network this task trains (``train.arch``); Stage I encoder weights are loaded into it afterwards."""
+        return build_classifier(num_classes, self.arch)
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"model": self.model}
@@ -89,13 +101,13 @@ class SupervisedTask:
         return t if self.multilabel else t.argmax(1)
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
-        d, m = self.cfg.data, self.tcfg.mgacr
-        x, mask = make_inputs(batch, self.rt, d.mean, d.std, self.tcfg.augment, g, with_mask=self.heads is not None)
+        _d, m = self.cfg.data, self.tcfg.mgacr
+        x, mask = make_inputs(batch, self.rt, self.pre, self.tcfg.augment, g, with_mask=self.heads is not None)
         if self.heads is None:
             feats, logits = [], self.model(x)
         else:
-            feats = forward_stages(self.model, x)
-            logits = forward_head(self.model, feats[-1])
+            feats = self.model.forward_intermediates(x)
+            logits = self.model.forward_head(feats[-1])
         losses = {"cls": self.cls_loss(logits.float(), self._target(batch))}
         total = losses["cls"]
         if self.heads is not None and mask is not None:
@@ -109,8 +121,7 @@ class SupervisedTask:
         return losses
 
     def validate(self) -> dict[str, float]:
-        d = self.cfg.data
-        probs = predict_split(self.model, self.val, self.rt, d.mean, d.std, self.multilabel)
+        probs = predict_split(self.model, self.val, self.rt, self.pre, self.multilabel)
         out = scalar_metrics(self.multilabel)(probs, self.val.targets.numpy())
         if self.heads is not None:
             out.update(self.attention_diagnostics())
@@ -127,7 +138,6 @@ class SupervisedTask:
         boxed = np.flatnonzero(self.val.has_box.numpy())[:max_images]
         if boxed.size == 0:
             return {}
-        d = self.cfg.data
         mse: dict[int, list[float]] = {i: [] for i in self.heads.layers}
         inside: dict[int, list[float]] = {i: [] for i in self.heads.layers}
         spread: dict[int, list[float]] = {i: [] for i in self.heads.layers}
@@ -135,11 +145,11 @@ class SupervisedTask:
         with eval_mode(self.model, self.heads):
             for start in range(0, boxed.size, 64):
                 batch = self.val.batch(boxed[start:start + 64])
-                x, mask = make_inputs(batch, self.rt, d.mean, d.std, None, None, with_mask=True)
+                x, mask = make_inputs(batch, self.rt, self.pre, None, None, with_mask=True)
                 assert mask is not None
                 area += mask.mean((1, 2, 3)).tolist()
                 with self.rt.autocast():
-                    _, maps_pos, _ = self.heads(forward_stages(self.model, x))
+                    _, maps_pos, _ = self.heads(self.model.forward_intermediates(x))
                 for layer, mp in zip(self.heads.layers, maps_pos, strict=True):
                     mp = mp.float()
                     mk = torch.nn.functional.interpolate(mask, size=mp.shape[-2:], mode="area")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,16 @@ from deeppneumonia.errors import DataError
 
 SourceKind = Literal["auto", "siim", "folder", "covid_cxr", "nih", "nih_binary", "csv"]
 SOURCE_KINDS: tuple[str, ...] = ("auto", "siim", "folder", "covid_cxr", "nih", "nih_binary", "csv")
+
+
+def resolve_data_path(path: str) -> Path:
+    """``sample:NAME`` names a data set shipped inside the package; anything else is a path."""
+    if path.startswith("sample:"):
+        res = resources.files("deeppneumonia") / "sample" / path.removeprefix("sample:")
+        if not res.is_dir():
+            raise DataError(f"no shipped sample {path!r}; shipped: sample:nih, sample:kermany")
+        return Path(str(res))
+    return Path(path).expanduser()
 
 
 def detect_source(path: Path) -> str:

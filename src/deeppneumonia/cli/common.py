@@ -1,0 +1,50 @@
+"""What the command modules share: config loading, the data-source and config arguments, JSON printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deeppneumonia.config import Config
+
+DEFAULT_CACHE = Path.home() / ".cache" / "deeppneumonia"
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    from deeppneumonia.data.sources import SOURCE_KINDS
+
+    p.add_argument("path", type=Path, help="data folder or generic CSV file")
+    p.add_argument("--source", default="auto", choices=SOURCE_KINDS, help="layout (default: detect)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad file or row instead of skipping")
+    p.add_argument("--patient-regex", default=None, help="class-per-folder: regex whose first group is the patient")
+
+
+def add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
+    p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
+
+
+def load_cli_config(args: argparse.Namespace) -> Config:
+    """The preset of ``--config`` with the positional overrides (and ``run.progress=false`` under ``--quiet``)."""
+    from deeppneumonia.config import load_config
+
+    overrides = list(args.overrides)
+    if args.quiet:
+        overrides.append("run.progress=false")
+    return load_config(args.config, overrides)
+
+
+def print_json(title: str, data: object) -> None:
+    from deeppneumonia.runtime import distributed
+
+    if not distributed.is_main():
+        return
+    print(f"{title}\n{json.dumps(data, indent=1, default=str)}")
+
+
+def command_line() -> str:
+    """How this process was invoked, as a reader would retype it (recorded in the study tables)."""
+    import sys
+
+    return "deeppneumonia " + " ".join(sys.argv[1:])

@@ -1,0 +1,77 @@
+"""`deeppneumonia evaluate | explain | probe`: judge a model or an encoder, and show where it looks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deeppneumonia.cli.common import DEFAULT_CACHE
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from deeppneumonia.data.sources import resolve_data_path
+    from deeppneumonia.evaluation.runner import evaluate_checkpoint, format_metrics
+
+    out = args.out or args.checkpoint.resolve().parent.parent / "evaluation"
+    res = evaluate_checkpoint(args.checkpoint, resolve_data_path(str(args.data)), out, args.source, args.split,
+                              args.cache_dir, args.n_boot, args.layer, device=args.device, progress=not args.quiet)
+    print(format_metrics(res.metrics))
+    print(f"report: {res.out_dir / 'report.html'}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from deeppneumonia.inference.files import predict_paths
+
+    rows = predict_paths(args.checkpoint, args.images, heatmaps=args.out, device=args.device, progress=False,
+                         explain_class=args.cls, layer=args.layer)
+    for row in rows:
+        if row["error"]:
+            print(f"{row['path']}: skipped: {row['error']}")
+            continue
+        probs = ", ".join(f"{k[2:]} {v:.3f}" for k, v in row.items() if k.startswith("p_"))
+        print(f"{row['path']}: {probs} -> {row['heatmap']}")
+    return 0 if any(not r["error"] for r in rows) else 2
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from deeppneumonia.data.sources import resolve_data_path
+    from deeppneumonia.evaluation.probe import probe_encoder
+
+    res = probe_encoder(args.encoder, resolve_data_path(str(args.data)), args.source, args.cache_dir, args.device)
+    print(f"train {res['train_images']} / test {res['test_images']} images (patient-disjoint)")
+    for name in ("pretrained", "random_init"):
+        print(f"{name:>12}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[name].items()))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("probe", help="judge a Stage I encoder alone: kNN and linear-probe accuracy")
+    p.add_argument("--encoder", type=Path, required=True, help="a pretrain/encoder.safetensors")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--source", default="auto")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")
+    p.add_argument("--data", type=Path, required=True, help="data folder, CSV, or sample:NAME")
+    p.add_argument("--source", default="auto")
+    p.add_argument("--split", default="auto", choices=["auto", "test", "val", "train", "all"],
+                   help="auto: the run's held-out test patients when the data is the run's, else all images")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/evaluation)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of patients for the CIs")
+    p.add_argument("--layer", default="layer4", help="Grad-CAM layer")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("explain", help="Grad-CAM overlays (PNG) for images")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--class", dest="cls", default=None, help="class to explain (default: the predicted one)")
+    p.add_argument("--layer", default="layer4")
+    p.add_argument("--out", type=Path, default=Path("explanations"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_explain)

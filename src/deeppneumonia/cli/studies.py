@@ -1,0 +1,96 @@
+"""`deeppneumonia ablate | compare | multilabel | localize`: the studies behind docs/results.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deeppneumonia.cli.common import add_config_args, command_line
+from deeppneumonia.errors import ConfigError
+
+
+def _study_overrides(args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) + (["run.progress=false"] if args.quiet else [])
+
+
+def _publish(out: Path, name: str, table: str) -> int:
+    """Write a study's markdown table beside its JSON and print it."""
+    (out / name).write_text(table)
+    print(table)
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from deeppneumonia.studies.ablation import ablation_markdown, run_ablation
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_ablation(args.config, _study_overrides(args), args.seeds, out)
+    return _publish(out, "table1.md", ablation_markdown(summary, command_line()))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from deeppneumonia.studies.comparison import comparison_markdown, run_comparison
+
+    if args.ablation and not args.ablation.is_file():  # checked before hours of training, not after
+        raise ConfigError(f"--ablation {args.ablation}: no such file (it is written by `deeppneumonia ablate`)")
+    if args.previous is not None and not args.previous.is_file():
+        raise ConfigError(f"--previous {args.previous}: no such file (a comparison.json of `deeppneumonia compare`)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ablation = json.loads(args.ablation.read_text()) if args.ablation else None
+    summary = run_comparison(args.config, _study_overrides(args), args.seeds, out, ablation, deep=not args.no_deep,
+                             previous=args.previous)
+    return _publish(out, "table2.md", comparison_markdown(summary, command_line()))
+
+
+def cmd_multilabel(args: argparse.Namespace) -> int:
+    from deeppneumonia.studies.multilabel import multilabel_markdown, run_multilabel_comparison
+
+    out = Path(args.out)
+    summary = run_multilabel_comparison(args.config, _study_overrides(args), args.seeds, out, args.n_boot)
+    return _publish(out, "multilabel.md", multilabel_markdown(summary, command_line()))
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from deeppneumonia.studies.localization import localization_markdown, run_localization
+
+    out = Path(args.out)
+    summary = run_localization(args.config, _study_overrides(args), out, args.baseline, args.guided)
+    return _publish(out, "localization.md", localization_markdown(summary, command_line()))
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("ablate", help="the paper's Table I: five rows x seeds on one patient split, markdown table")
+    add_config_args(p, default="siim-cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="runs/ablation")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("compare", help="the paper's Table II: classical and deep baselines on the same split")
+    add_config_args(p, default="siim-cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--ablation", type=Path, default=None, help="ablation.json whose rows 1 and 5 fill ResNet18/full")
+    p.add_argument("--no-deep", action="store_true", help="classical models only (skip VGG16/ResNet50)")
+    p.add_argument("--previous", type=Path, default=None,
+                   help="an earlier comparison.json of the same data and test part: its rows are reused, not re-run")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("multilabel", help="CAN against the plain sigmoid classifier: per-finding AUROC with CIs")
+    add_config_args(p, default="nih-multilabel-cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--out", default="runs/multilabel")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.set_defaults(func=cmd_multilabel)
+
+    p = sub.add_parser("localize", help="IAM (with/without MSA) vs Grad-CAM of ResNet18 and Deep Pneumonia: T(IoU), "
+                       "pointing game on the boxed test images")
+    add_config_args(p, default="siim-ablation-cpu")
+    p.add_argument("--out", default="runs/localize")
+    p.add_argument("--baseline", type=Path, default=None, help="a ResNet18 model.safetensors of the same split "
+                   "(Table I row 1) instead of training one")
+    p.add_argument("--guided", type=Path, default=None, help="a Deep Pneumonia model.safetensors of the same split "
+                   "(Table I row 5) instead of training one")
+    p.set_defaults(func=cmd_localize)

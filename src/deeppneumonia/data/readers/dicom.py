@@ -1,0 +1,283 @@
+"""DICOM through pydicom: header, transfer-syntax checks, frame 0, modality and VOI LUT, MONOCHROME1.
+
+The pixels come out as :mod:`deeppneumonia.data.imageio` promises for every format: ``(H, W)`` float32 in
+``[0, 1]``, bright = dense. Frame 0 only; the modality LUT (RescaleSlope/Intercept or a Modality LUT
+Sequence), then the VOI LUT or the window (WindowCenter/WindowWidth) mapped onto [0, 1], or a min-max
+scale when the file has neither; MONOCHROME1 is inverted (pydicom does not do that). Colour DICOM becomes
+luminance divided by ``2**BitsStored - 1``. A compressed transfer syntax whose decoder plugin is missing is
+an :class:`~deeppneumonia.errors.UnsupportedTransferSyntaxError` that names the package to install.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deeppneumonia.data.readers.types import LUMA, DecodedImage, ImageInfo, check_dims
+from deeppneumonia.errors import ImageReadError, UnsupportedTransferSyntaxError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = ["decode_dicom", "dicom_info", "import_pydicom"]
+
+logger = logging.getLogger(__name__)
+
+_JPEG_HINT = "pylibjpeg and pylibjpeg-libjpeg, or python-gdcm"
+_J2K_HINT = "pylibjpeg and pylibjpeg-openjpeg, or python-gdcm"
+_DECODER_HINTS: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": _JPEG_HINT,  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": _JPEG_HINT,  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57": _JPEG_HINT,  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70": _JPEG_HINT,  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": _JPEG_HINT,  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": _JPEG_HINT,  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": _J2K_HINT,  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": _J2K_HINT,  # JPEG 2000
+    "1.2.840.10008.1.2.4.92": _J2K_HINT,  # JPEG 2000 Part 2 Lossless
+    "1.2.840.10008.1.2.4.93": _J2K_HINT,  # JPEG 2000 Part 2
+    "1.2.840.10008.1.2.4.201": "pylibjpeg and pylibjpeg-openjpeg",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg and pylibjpeg-openjpeg",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg and pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg and pylibjpeg-rle (or a pydicom with its built-in RLE decoder)",
+}
+_GENERIC_HINT = (
+    "a decoder plugin for it (pylibjpeg with pylibjpeg-libjpeg / pylibjpeg-openjpeg, or python-gdcm); "
+    "if none supports this syntax, convert the file to an uncompressed transfer syntax first "
+    "(e.g. `gdcmconv --raw in.dcm out.dcm`)"
+)
+
+
+
+
+def import_pydicom(name: str) -> Any:
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise ImageReadError(
+            f"{name}: reading DICOM files needs pydicom: pip install 'deeppneumonia[dicom]'"
+        ) from exc
+    return pydicom
+
+
+def dicom_info(ds: Dataset, name: str) -> ImageInfo:
+    rows = ds.get("Rows")
+    cols = ds.get("Columns")
+    if rows is None or cols is None:
+        raise ImageReadError(f"{name}: DICOM file has no Rows/Columns: it does not hold an image")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = ds.get("BitsStored") or ds.get("BitsAllocated") or 8
+    return ImageInfo(format="DICOM", width=int(cols), height=int(rows), channels=samples, bit_depth=int(bits))
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> Any:
+    """Return the transfer syntax UID, filling it in from the encoding for meta-less files."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is not None:
+        return UID(str(ts))
+    encoding = getattr(ds, "original_encoding", None)
+    if encoding is None:  # pydicom < 3
+        encoding = (getattr(ds, "is_implicit_VR", True), getattr(ds, "is_little_endian", True))
+    implicit, little = encoding
+    if implicit or implicit is None:
+        ts = ImplicitVRLittleEndian
+    elif little or little is None:
+        ts = ExplicitVRLittleEndian
+    else:
+        ts = ExplicitVRBigEndian
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    meta.TransferSyntaxUID = ts
+    return ts
+
+
+def _ts_label(ts: Any) -> str:
+    try:
+        label = str(ts.name)
+    except (AttributeError, KeyError, ValueError):  # an unregistered UID has no name
+        label = ""
+    return f"{ts} ({label})" if label and label != str(ts) else f"{ts} (unknown transfer syntax)"
+
+
+def _unsupported(name: str, ts: Any, detail: str) -> UnsupportedTransferSyntaxError:
+    hint = _DECODER_HINTS.get(str(ts), _GENERIC_HINT)
+    return UnsupportedTransferSyntaxError(
+        f"{name}: DICOM pixel data uses transfer syntax {_ts_label(ts)}, which cannot be decoded: "
+        f"{detail}. Install {hint} (e.g. pip install 'deeppneumonia[dicom]')"
+    )
+
+
+def _check_decoder(ts: Any, name: str) -> bool:
+    """Raise when pydicom >= 3 has no usable decoder for ``ts``; False when the check is not possible."""
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom < 3: decoding errors are mapped afterwards
+        return False
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise _unsupported(name, ts, "pydicom has no decoder for this syntax") from exc
+    if not decoder.is_available:
+        missing = "; ".join(str(m) for m in decoder.missing_dependencies) or "no plugin available"
+        raise _unsupported(name, ts, f"no decoder plugin is installed ({missing})")
+    return True
+
+
+def _dicom_lut_functions() -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
+            apply_modality_lut,
+            apply_voi_lut,
+        )
+    return apply_modality_lut, apply_voi_lut
+
+
+def decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int) -> DecodedImage:
+    pydicom = import_pydicom(name)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise ImageReadError(f"{name}: corrupt DICOM file: {exc}") from exc
+    try:
+        if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise ImageReadError(
+                f"{name}: DICOM file has no pixel data (no PixelData element; "
+                f"SOP class {ds.get('SOPClassUID', 'unknown')}): it does not hold an image"
+            )
+        info = dicom_info(ds, name)
+        check_dims(info, name, max_pixels, max_side)
+        frame = _dicom_frame0(ds, name)
+        pixels = _dicom_to_grey(frame, ds, name)
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"{name}: cannot read DICOM image: {exc}") from exc
+    return DecodedImage(pixels=pixels, info=info)
+
+
+def _dicom_frame0(ds: Dataset, name: str) -> np.ndarray:
+    ts = _ensure_transfer_syntax(ds)
+    checked = _check_decoder(ts, name)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames > 1:
+        logger.warning("%s: multi-frame DICOM (%d frames): using frame 0 only", name, n_frames)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on odd but decodable headers
+            if hasattr(ds, "pixel_array_options"):  # pydicom >= 3: decode frame 0 only
+                ds.pixel_array_options(index=0)
+                arr = ds.pixel_array
+            else:
+                arr = ds.pixel_array
+                if n_frames > 1:
+                    arr = arr[0]
+    except NotImplementedError as exc:
+        if not checked:
+            raise _unsupported(name, ts, str(exc)) from exc
+        raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_ts_label(ts)}): {exc}") from exc
+    except RuntimeError as exc:
+        if not checked and "missing" in str(exc).lower():
+            raise _unsupported(name, ts, str(exc)) from exc
+        raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_ts_label(ts)}): {exc}") from exc
+    except Exception as exc:
+        raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_ts_label(ts)}): {exc}") from exc
+    arr = np.asarray(arr)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    expected_ndim = 3 if samples > 1 else 2
+    if arr.ndim == expected_ndim + 1:  # a decoder returned all frames anyway
+        arr = arr[0]
+    if arr.ndim != expected_ndim:
+        raise ImageReadError(
+            f"{name}: unexpected DICOM pixel array shape {arr.shape} for SamplesPerPixel={samples}"
+        )
+    return arr
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    out = arr.astype(np.float32)
+    lo = float(out.min())
+    hi = float(out.max())
+    if hi > lo:
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)
+    else:
+        out.fill(0.0)
+    return out
+
+
+def _has_voi_lut_sequence(ds: Dataset) -> bool:
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return False
+    item = seq[0]
+    return item.get("LUTDescriptor") is not None and item.get("LUTData") is not None
+
+
+def _dicom_to_grey(arr: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if arr.ndim == 3 or photometric == "PALETTE COLOR":
+        return _dicom_colour_to_grey(arr, ds, photometric)
+
+    apply_modality_lut, apply_voi_lut = _dicom_lut_functions()
+    values = apply_modality_lut(arr, ds)
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    out: np.ndarray | None = None
+    if _has_voi_lut_sequence(ds):
+        try:
+            out = _minmax(apply_voi_lut(values, ds, index=0))
+        except Exception as exc:
+            logger.warning("%s: cannot apply the VOI LUT (%s); using a min-max scale instead", name, exc)
+    elif has_window:
+        try:
+            out = _apply_window(values, ds, apply_voi_lut)
+        except Exception as exc:
+            logger.warning("%s: cannot apply the window (%s); using a min-max scale instead", name, exc)
+    if out is None:
+        out = _minmax(values)
+    if photometric == "MONOCHROME1":
+        np.subtract(np.float32(1.0), out, out=out)
+    return out
+
+
+def _apply_window(values: np.ndarray, ds: Dataset, apply_voi_lut: Callable[..., np.ndarray]) -> np.ndarray:
+    """Apply WindowCenter/Width through pydicom and map the window's output range onto [0, 1]."""
+    windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+    # The output range pydicom maps the window onto: the values far below / above the window.
+    with np.errstate(over="ignore", invalid="ignore"):
+        probe = np.asarray(apply_voi_lut(np.array([-1e15, 1e15]), ds, index=0), dtype=np.float64)
+    y_lo, y_hi = float(probe[0]), float(probe[1])
+    if not np.isfinite([y_lo, y_hi]).all() or y_hi == y_lo:
+        return _minmax(windowed)
+    if windowed is values:
+        windowed = windowed.copy()
+    windowed -= y_lo
+    windowed /= y_hi - y_lo
+    np.clip(windowed, 0.0, 1.0, out=windowed)
+    return windowed.astype(np.float32)
+
+
+def _dicom_colour_to_grey(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        try:
+            from pydicom.pixels import apply_color_lut
+        except ImportError:  # pydicom < 3
+            from pydicom.pixel_data_handlers.util import apply_color_lut  # type: ignore[no-redef]
+        rgb = apply_color_lut(arr, ds)
+        return _minmax(rgb[..., :3].astype(np.float32) @ LUMA)
+    grey = arr[..., :3].astype(np.float32) @ LUMA
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    grey /= np.float32(2**bits - 1)
+    np.clip(grey, 0.0, 1.0, out=grey)
+    return grey

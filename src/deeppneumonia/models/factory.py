@@ -1,0 +1,65 @@
+"""Build any classifier of the toolkit from its architecture name, and move Stage I encoders into it.
+
+Architecture names (stored in every checkpoint's metadata, so a saved model can be rebuilt):
+
+* ``resnet18``, ``resnet50``: :class:`~deeppneumonia.models.resnet.XRayResNet` (torchvision's keys);
+* ``resnet18_msaNN`` (e.g. ``resnet18_msa34``): the multi-scale aggregation network of IAM (``models/msa.py``);
+* ``can_resnet18``: the Cross-Attention Network (``models/can.py``);
+* ``vgg16``, ``vgg16_bn``: Table II baselines only (no MGACR, no encoder).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.models import vgg16, vgg16_bn
+
+from deeppneumonia.models.can import CrossAttentionResNet
+from deeppneumonia.models.msa import MSAResNet, parse_msa_arch
+from deeppneumonia.models.resnet import BLOCKS, XRayResNet
+
+ARCHS = ("resnet18", "resnet50", "vgg16", "vgg16_bn", "can_resnet18")
+
+
+def _vgg(arch: str, num_classes: int, in_chans: int) -> nn.Module:
+    vgg = (vgg16 if arch == "vgg16" else vgg16_bn)(weights=None, num_classes=num_classes)
+    stem = nn.Conv2d(in_chans, 64, kernel_size=3, padding=1)
+    nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")  # torchvision's VGG init
+    nn.init.zeros_(stem.bias)  # type: ignore[arg-type]  # bias=True by default
+    vgg.features[0] = stem
+    return vgg
+
+
+def build_classifier(num_classes: int, arch: str = "resnet18", in_chans: int = 1) -> XRayResNet:
+    """A randomly initialised classifier whose stem takes ``in_chans`` channels (see the module docstring).
+
+    Raises:
+        ValueError: an unknown architecture name.
+    """
+    msa = parse_msa_arch(arch)
+    if msa is not None:
+        return MSAResNet(msa[0], msa[1], num_classes, in_chans)
+    if arch == "can_resnet18":
+        return CrossAttentionResNet(num_classes, in_chans)
+    if arch in ("vgg16", "vgg16_bn"):  # vgg16_bn: the Table II row (plain VGG16 barely leaves the prior in 5 epochs)
+        return _vgg(arch, num_classes, in_chans)  # type: ignore[return-value]  # only forward() is used for VGG
+    if arch not in BLOCKS:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHS} or resnet18_msaNN")
+    return XRayResNet(arch, num_classes, in_chans)
+
+
+def encoder_state(model: nn.Module) -> dict[str, Tensor]:
+    """The backbone weights without the classification layer (what Stage I saves)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+def load_encoder(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load Stage I encoder weights into a classifier; the parameters the model declares fresh stay as initialised.
+
+    Raises:
+        ValueError: a backbone key is missing from ``state``, or ``state`` holds a key the model lacks.
+    """
+    fresh = model.fresh_prefixes if isinstance(model, XRayResNet) else ("fc.",)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith(fresh)]
+    if bad or unexpected:
+        raise ValueError(f"encoder does not match the network: missing {bad[:5]}, unexpected {unexpected[:5]}")

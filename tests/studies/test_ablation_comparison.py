@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deeppneumonia.errors import ConfigError
+from deeppneumonia.studies.ablation import TABLE1, ablation_markdown, run_ablation
+from tests.conftest import make_lesion_csv
+
+
+def test_ablation_runs_every_row_and_prints_a_table(tmp_path: Path) -> None:
+    csv_path = make_lesion_csv(tmp_path / "d", n=40, size=32)
+    overrides = [f"data.path={csv_path}", "data.source=auto", "data.size=32", f"data.cache_dir={tmp_path / 'cache'}",
+                 "data.val_fraction=0.25", "data.test_fraction=0.25", "pretrain.optim.epochs=1",
+                 "pretrain.optim.batch_size=8", "pretrain.knn_k=3", "train.optim.epochs=1", "train.optim.batch_size=8",
+                 "run.progress=false", "run.precision=fp32"]
+    summary = run_ablation("quick", overrides, [0], tmp_path / "abl")
+    assert [len(v) for v in summary["results"].values()] == [1] * len(TABLE1)
+    # rows 2-5 start from the same Stage I encoder; row 1 does not
+    cfgs = [json.loads(json.dumps(__import__("yaml").safe_load((tmp_path / "abl" / "seed0" / f"row{k}" / "config.yaml")
+                                                                   .read_text()))) for k in range(1, 6)]
+    assert [c["train"]["pretrained"] for c in cfgs] == [False, True, True, True, True]
+    assert [c["train"]["loss"]["kind"] for c in cfgs] == ["ce", "ce", "ce", "ce", "cb_focal"]
+    assert [c["train"]["mgacr"]["attention"] for c in cfgs] == [False, False, True, True, True]
+    assert [c["train"]["mgacr"]["feature"] for c in cfgs] == [False, False, False, True, True]
+    table = ablation_markdown(summary, "deeppneumonia ablate ...")
+    assert table.count("\n| ") == 6 and "+ CB focal loss (full)" in table and "study_map" in table
+
+
+def test_classical_baselines_learn_the_synthetic_lesion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deeppneumonia.studies.comparison import comparison_markdown, run_comparison
+
+    csv_path = make_lesion_csv(tmp_path / "d", n=60, size=32)
+    overrides = [f"data.path={csv_path}", "data.source=auto", "data.size=32", f"data.cache_dir={tmp_path / 'cache'}",
+                 "data.val_fraction=0.2", "data.test_fraction=0.3", "run.progress=false"]
+    summary = run_comparison("quick", overrides, [0], tmp_path / "cmp", deep=False)
+    assert set(summary["results"]) == {"KNN", "Decision tree", "AdaBoost", "Random forest", "SVM (poly)"}
+    best = max(r[0]["accuracy"] for r in summary["results"].values())
+    assert best >= 0.8  # a bright box is easy for HOG + pixels; chance is 0.5
+    assert "| SVM (poly) |" in comparison_markdown(summary, "cmd")
+
+    # --previous: the rows already measured are reused, not re-fitted; another split is refused
+    import deeppneumonia.studies.baselines as baselines
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("a reused row was fitted again")
+
+    monkeypatch.setattr(baselines, "fit_classical", refuse)
+    again = run_comparison("quick", overrides, [0], tmp_path / "cmp2", deep=False,
+                           previous=tmp_path / "cmp" / "comparison.json")
+    assert again["results"] == json.loads(json.dumps(summary["results"]))
+    assert again["row_seeds"]["SVM (poly)"] == [0]
+    with pytest.raises(ConfigError, match="test part"):
+        other = tmp_path / "other.json"
+        other.write_text(json.dumps({**summary, "test_split": "x"}))
+        run_comparison("quick", overrides, [0], tmp_path / "cmp3", deep=False, previous=other)
+
+
+def test_without_boxes_the_full_row_drops_mgacr(tmp_path: Path) -> None:
+    import csv
+
+    csv_path = make_lesion_csv(tmp_path / "d", n=32, size=32)
+    rows = list(csv.DictReader(csv_path.open()))
+    for r in rows:
+        r["boxes"] = ""
+    with csv_path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    overrides = [f"data.path={csv_path}", "data.source=auto", "data.size=32", f"data.cache_dir={tmp_path / 'cache'}",
+                 "data.val_fraction=0.25", "data.test_fraction=0.25", "pretrain.optim.epochs=1",
+                 "pretrain.optim.batch_size=8", "pretrain.knn_k=3", "train.optim.epochs=1", "train.optim.batch_size=8",
+                 "run.progress=false", "run.precision=fp32"]
+    summary = run_ablation("quick", overrides, [0], tmp_path / "abl")
+    assert [len(v) for v in summary["results"].values()] == [1, 1, 0, 0, 1]
+    cfg = __import__("yaml").safe_load((tmp_path / "abl" / "seed0" / "row5" / "config.yaml").read_text())
+    assert cfg["train"]["mgacr"]["attention"] is False and cfg["train"]["loss"]["kind"] == "cb_focal"

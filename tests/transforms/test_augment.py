@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import torch
+
+from deeppneumonia.config import AugmentConfig
+from deeppneumonia.transforms.augment import augment
+
+
+def test_mask_moves_with_the_image() -> None:
+    """With intensity changes off, an image equal to its mask stays equal to it after augmentation."""
+    cfg = AugmentConfig(crop_scale=(0.5, 0.9), rotate_deg=20, hflip=True, brightness=0, contrast=0, gamma=0)
+    mask = torch.zeros(6, 1, 32, 32)
+    mask[:, :, 8:20, 5:15] = 1
+    img, m = augment(mask.clone(), mask.clone(), cfg, torch.Generator().manual_seed(0))
+    assert m is not None
+    assert torch.allclose(img, m, atol=1e-6)
+    assert not torch.allclose(m, mask)  # and something did move
+
+
+def test_seeded_and_in_range() -> None:
+    cfg = AugmentConfig(blur_prob=0.5, noise_std=0.05)
+    x = torch.rand(4, 1, 24, 24)
+    a, _ = augment(x, None, cfg, torch.Generator().manual_seed(1))
+    b, _ = augment(x, None, cfg, torch.Generator().manual_seed(1))
+    c, _ = augment(x, None, cfg, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
