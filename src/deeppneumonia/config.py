@@ -83,15 +83,25 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class MGACRConfig:
-    """Mask-guided attention with contrastive regulation, paper Sec. IV-C, Eqs. 2-6."""
+    """Mask-guided attention with contrastive regulation, paper Sec. IV-C, Eqs. 2-6 (docs/method.md)."""
 
     attention: bool = True  # L_att+ and L_att- (Eqs. 2-4): the "mask-guided attention" row of Table I
     feature: bool = True  # L_feat (Eq. 5): the "feature learning with CR" row of Table I
+    # robust: bounded Eq. 2, Eq. 5 on boxed images with detached maps (shapes the features, not the maps) and an
+    # eps relative to the features; paper: Eqs. 2-6 as printed (Eq. 5 then has its minimum at map+=1, map-=0)
+    form: Literal["robust", "paper"] = "robust"
+    feature_target: Literal["maps", "masks"] = "maps"  # robust Eq. 5 weighs the features by the detached maps or masks
+    reduction: Literal["sample", "batch"] = "sample"  # per-image ratios averaged, or the ratio of the batch means
+    head: Literal["cbam", "conv1x1"] = "cbam"  # paper's CBAM spatial attention, or a 1x1 conv reading all channels
     layers: tuple[int, ...] = (1, 2, 3, 4)  # residual layers that get an attention head
     weight_attention: float = 1.0  # lambda of L_att_cr against the classification loss
     weight_feature: float = 1.0  # lambda of L_feat_cr
-    no_box: Literal["zero_mask", "skip"] = "zero_mask"  # images without boxes: mask+ = 0, or left out
+    # images without boxes: by_class = mask+ = 0 for the negative class only, positives without boxes left out of
+    # MGACR (they still train the classifier); zero_mask = mask+ = 0 for all of them; skip = all left out
+    no_box: Literal["by_class", "zero_mask", "skip"] = "by_class"
+    negative_class: str | None = None  # for by_class; None = the class whose name matches negative|normal|no finding
     kernel_size: int = 7  # CBAM spatial attention kernel
+    grad_norm_steps: int = 2  # first steps of each epoch that log each term's gradient norm into the backbone; 0 = off
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,10 @@ class TrainConfig:
     loss: LossConfig = LossConfig()
     iam: IAMConfig = IAMConfig()
     can: CANConfig = CANConfig()
-    best_metric: str = "macro_f1"  # validation metric that picks the best checkpoint
+    # validation metric that picks the best checkpoint (higher is better): study_map = mAP of the per-study mean
+    # probabilities, the headline of the tables (image-level "map" where the validation split has no study level);
+    # multi-label tasks always use auroc_macro
+    best_metric: str = "study_map"
     keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
     threshold_method: Literal["youden", "sensitivity"] = "youden"  # per-class operating points on validation
     target_sensitivity: float = 0.9  # for threshold_method=sensitivity
