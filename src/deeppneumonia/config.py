@@ -49,8 +49,11 @@ class AugmentConfig:
     contrast: float = 0.2
     gamma: float = 0.2  # log-uniform in [1/(1+g), 1+g]
     blur_prob: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 1.5)
-    noise_std: float = 0.0
+    # Gaussian blur sigma range as a fraction of the image side, so a preset means the same at 64, 128 and 224 px;
+    # (0.0005, 0.009) is SimCLR's 0.1-2.0 px at 224 px
+    blur_sigma_rel: tuple[float, float] = (0.0005, 0.009)
+    blur_sigma: tuple[float, float] | None = None  # the same in pixels (older presets); when set it wins over _rel
+    noise_std: float = 0.0  # per-pixel Gaussian noise, intensity units (its effect shrinks as the size grows)
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,14 @@ class PretrainConfig:
     temperature: float = 0.2
     proj_hidden: int = 512
     proj_dim: int = 128
-    augment: AugmentConfig = AugmentConfig(crop_scale=(0.35, 1.0), rotate_deg=15.0, brightness=0.4,
-                                           contrast=0.4, gamma=0.4, blur_prob=0.5, noise_std=0.03)
-    knn_k: int = 20  # kNN probe on the validation split after each epoch
+    # a light recipe for grey radiographs: density and texture carry the diagnosis, so the views keep most of the
+    # lung (crop area >= 0.5) and its grey levels (intensity jitter 0.2); blur relative to the size; no noise
+    augment: AugmentConfig = AugmentConfig(crop_scale=(0.5, 1.0), rotate_deg=10.0, brightness=0.2,
+                                           contrast=0.2, gamma=0.2, blur_prob=0.5, noise_std=0.0)
+    knn_k: int = 20  # kNN probe on the validation split after each epoch (multi-class data); 0 = off
+    # which epoch's encoder is kept: the last, the lowest contrastive loss on the validation split (fixed views),
+    # or the best kNN accuracy (noisy: near the majority-class rate early in training)
+    select: Literal["last", "val_loss", "knn"] = "last"
     # More images for Stage I only, labels ignored: other data sets (paths or sample:NAME), all their images.
     # Any file that is also in the run's data set is left out, so no validation or test image is seen.
     extra_data: tuple[str, ...] = ()
