@@ -4,7 +4,8 @@ Image and lesion mask share one random geometric draw (random resized crop, smal
 flip) applied with one ``grid_sample``; intensity changes (brightness, contrast, gamma, blur, noise)
 touch the image only. Strengths are relative to the image: crop as an area fraction, rotation in degrees,
 blur sigma as a fraction of the side (``blur_sigma_rel``; ``blur_sigma`` in pixels still works). No hue
-or colour jitter: the images have one grey channel. Random numbers come from a CPU ``torch.Generator``, so a seed gives the same augmentations on CPU and GPU.
+or colour jitter: the images have one grey channel. Random numbers come from a CPU ``torch.Generator``, so a
+seed gives the same augmentations on CPU and GPU.
 """
 
 from __future__ import annotations
