@@ -41,3 +41,21 @@ def test_yaml_file_and_roundtrip(tmp_path: Path) -> None:
     assert Config() == load_config(None)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("no-such-preset")
+
+
+def test_method_settings_and_their_defaults() -> None:
+    cfg = load_config(None)
+    m = cfg.train.mgacr
+    assert (m.form, m.head, m.no_box, m.negative_class, m.grad_norm_steps) == ("robust", "cbam", "by_class", None, 2)
+    assert cfg.train.best_metric == "study_map" and cfg.pretrain.select == "last"
+    assert cfg.pretrain.augment.blur_sigma is None and cfg.pretrain.augment.crop_scale[0] >= 0.5
+    assert load_config("paper").train.mgacr.form == "paper"
+    c128 = load_config("siim-128-cpu")
+    assert c128.data.size == 128 and c128.train.mgacr.layers == (2, 3) and c128.train.mgacr.form == "robust"
+    over = load_config(None, ["train.mgacr.form=paper", "train.mgacr.head=conv1x1", "train.mgacr.no_box=zero_mask",
+                              "train.mgacr.negative_class=Normal", "pretrain.select=val_loss",
+                              "pretrain.augment.blur_sigma=[0.1, 1.5]"])
+    assert over.train.mgacr.head == "conv1x1" and over.pretrain.augment.blur_sigma == (0.1, 1.5)
+    for bad in ("train.mgacr.form=literal", "train.mgacr.head=mlp", "pretrain.select=best"):
+        with pytest.raises(ConfigError, match="not one of"):
+            load_config(None, [bad])

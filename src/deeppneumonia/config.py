@@ -49,8 +49,11 @@ class AugmentConfig:
     contrast: float = 0.2
     gamma: float = 0.2  # log-uniform in [1/(1+g), 1+g]
     blur_prob: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 1.5)
-    noise_std: float = 0.0
+    # Gaussian blur sigma range as a fraction of the image side, so a preset means the same at 64, 128 and 224 px;
+    # (0.0005, 0.009) is SimCLR's 0.1-2.0 px at 224 px
+    blur_sigma_rel: tuple[float, float] = (0.0005, 0.009)
+    blur_sigma: tuple[float, float] | None = None  # the same in pixels (older presets); when set it wins over _rel
+    noise_std: float = 0.0  # per-pixel Gaussian noise, intensity units (its effect shrinks as the size grows)
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,14 @@ class PretrainConfig:
     temperature: float = 0.2
     proj_hidden: int = 512
     proj_dim: int = 128
-    augment: AugmentConfig = AugmentConfig(crop_scale=(0.35, 1.0), rotate_deg=15.0, brightness=0.4,
-                                           contrast=0.4, gamma=0.4, blur_prob=0.5, noise_std=0.03)
-    knn_k: int = 20  # kNN probe on the validation split after each epoch
+    # a light recipe for grey radiographs: density and texture carry the diagnosis, so the views keep most of the
+    # lung (crop area >= 0.5) and its grey levels (intensity jitter 0.2); blur relative to the size; no noise
+    augment: AugmentConfig = AugmentConfig(crop_scale=(0.5, 1.0), rotate_deg=10.0, brightness=0.2,
+                                           contrast=0.2, gamma=0.2, blur_prob=0.5, noise_std=0.0)
+    knn_k: int = 20  # kNN probe on the validation split after each epoch (multi-class data); 0 = off
+    # which epoch's encoder is kept: the last, the lowest contrastive loss on the validation split (fixed views),
+    # or the best kNN accuracy (noisy: near the majority-class rate early in training)
+    select: Literal["last", "val_loss", "knn"] = "last"
     # More images for Stage I only, labels ignored: other data sets (paths or sample:NAME), all their images.
     # Any file that is also in the run's data set is left out, so no validation or test image is seen.
     extra_data: tuple[str, ...] = ()
@@ -83,15 +91,25 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class MGACRConfig:
-    """Mask-guided attention with contrastive regulation, paper Sec. IV-C, Eqs. 2-6."""
+    """Mask-guided attention with contrastive regulation, paper Sec. IV-C, Eqs. 2-6 (docs/method.md)."""
 
     attention: bool = True  # L_att+ and L_att- (Eqs. 2-4): the "mask-guided attention" row of Table I
     feature: bool = True  # L_feat (Eq. 5): the "feature learning with CR" row of Table I
+    # robust: bounded Eq. 2, Eq. 5 on boxed images with detached maps (shapes the features, not the maps) and an
+    # eps relative to the features; paper: Eqs. 2-6 as printed (Eq. 5 then has its minimum at map+=1, map-=0)
+    form: Literal["robust", "paper"] = "robust"
+    feature_target: Literal["maps", "masks"] = "maps"  # robust Eq. 5 weighs the features by the detached maps or masks
+    reduction: Literal["sample", "batch"] = "sample"  # per-image ratios averaged, or the ratio of the batch means
+    head: Literal["cbam", "conv1x1"] = "cbam"  # paper's CBAM spatial attention, or a 1x1 conv reading all channels
     layers: tuple[int, ...] = (1, 2, 3, 4)  # residual layers that get an attention head
     weight_attention: float = 1.0  # lambda of L_att_cr against the classification loss
     weight_feature: float = 1.0  # lambda of L_feat_cr
-    no_box: Literal["zero_mask", "skip"] = "zero_mask"  # images without boxes: mask+ = 0, or left out
+    # images without boxes: by_class = mask+ = 0 for the negative class only, positives without boxes left out of
+    # MGACR (they still train the classifier); zero_mask = mask+ = 0 for all of them; skip = all left out
+    no_box: Literal["by_class", "zero_mask", "skip"] = "by_class"
+    negative_class: str | None = None  # for by_class; None = the class whose name matches negative|normal|no finding
     kernel_size: int = 7  # CBAM spatial attention kernel
+    grad_norm_steps: int = 2  # first steps of each epoch that log each term's gradient norm into the backbone; 0 = off
 
 
 @dataclass(frozen=True)
@@ -156,7 +174,10 @@ class TrainConfig:
     loss: LossConfig = LossConfig()
     iam: IAMConfig = IAMConfig()
     can: CANConfig = CANConfig()
-    best_metric: str = "macro_f1"  # validation metric that picks the best checkpoint
+    # validation metric that picks the best checkpoint (higher is better): study_map = mAP of the per-study mean
+    # probabilities, the headline of the tables (image-level "map" where the validation split has no study level);
+    # multi-label tasks always use auroc_macro
+    best_metric: str = "study_map"
     keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
     threshold_method: Literal["youden", "sensitivity"] = "youden"  # per-class operating points on validation
     target_sensitivity: float = 0.9  # for threshold_method=sensitivity

@@ -51,3 +51,37 @@ def test_table2_baselines_take_one_channel_and_vgg16_bn_has_batch_norm() -> None
     assert bn("vgg16") == 0 and bn("vgg16_bn") == 13  # one after each of VGG16's 13 convolutions
     with pytest.raises(ValueError, match="unknown architecture"):
         build_classifier(3, "vgg19")
+
+
+def test_readout_head_reads_every_channel() -> None:
+    import pytest
+
+    m = build_classifier(2)
+    heads = MGACRHeads((3, 4), head="conv1x1")
+    feats = m.forward_intermediates(torch.randn(3, 1, 128, 128))
+    f, mp, mn = heads(feats)
+    assert f[0].shape[1] == 256 and f[1].shape[1] == 512
+    assert [t.shape for t in mp] == [(3, 1, 8, 8), (3, 1, 4, 4)] and [t.shape for t in mn] == [(3, 1, 8, 8), (3, 1, 4, 4)]
+    assert all(((t > 0) & (t < 1)).all() for t in mp + mn)
+    convs = [c for c in heads.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert [tuple(c.weight.shape) for c in convs] == [(2, 256, 1, 1), (2, 512, 1, 1)]
+    (mp[0].sum() - mn[1].sum()).backward()
+    assert m.layer3[0].conv1.weight.grad is not None and m.layer4[0].conv1.weight.grad is not None
+    for c in convs:
+        assert c.weight.grad is not None and torch.isfinite(c.weight.grad).all() and c.weight.grad.abs().sum() > 0
+    # the readout sees which channel carries what; CBAM sees only the channel mean and max (permutation-invariant)
+    x = torch.randn(2, 256, 4, 4)
+    x2 = x[:, torch.randperm(256)]
+    cbam = MGACRHeads((3,)).eval()
+    heads.eval()
+    feats_x = [torch.zeros(2, 64, 4, 4), torch.zeros(2, 128, 4, 4), x]
+    feats_x2 = [*feats_x[:2], x2]
+    assert torch.allclose(cbam(feats_x)[1][0], cbam(feats_x2)[1][0], atol=1e-6)
+    l4 = torch.zeros(2, 512, 4, 4)
+    assert not torch.allclose(heads([*feats_x, l4])[1][0], heads([*feats_x2, l4])[1][0])
+    with pytest.raises(ValueError, match="unknown MGACR head"):
+        MGACRHeads((1,), head="mlp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="layers"):
+        MGACRHeads((5,))
+    wide = MGACRHeads((1,), head="conv1x1", stage_channels=(256, 512, 1024, 2048))
+    assert [tuple(c.weight.shape) for c in wide.modules() if isinstance(c, torch.nn.Conv2d)] == [(2, 256, 1, 1)]

@@ -26,7 +26,49 @@ def test_ablation_runs_every_row_and_prints_a_table(tmp_path: Path) -> None:
     assert [c["train"]["mgacr"]["attention"] for c in cfgs] == [False, False, True, True, True]
     assert [c["train"]["mgacr"]["feature"] for c in cfgs] == [False, False, False, True, True]
     table = ablation_markdown(summary, "deeppneumonia ablate ...")
-    assert table.count("\n| ") == 6 and "+ CB focal loss (full)" in table and "study_map" in table
+    rows_table, paired_table = table.split("Paired difference")
+    assert rows_table.count("\n| ") == 6 and "+ CB focal loss (full)" in rows_table and "study_map" in rows_table
+    assert paired_table.count("\n| ") == 1 + 4  # header + rows 2-5 against row 1 (one seed: no interval)
+
+
+def test_rows_and_records_grow_one_table_and_are_not_run_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deeppneumonia.studies.ablation as ablation
+
+    csv_path = make_lesion_csv(tmp_path / "d", n=40, size=32)
+    overrides = [f"data.path={csv_path}", "data.source=auto", "data.size=32", f"data.cache_dir={tmp_path / 'cache'}",
+                 "data.val_fraction=0.25", "data.test_fraction=0.25", "pretrain.optim.epochs=1",
+                 "pretrain.optim.batch_size=8", "pretrain.knn_k=3", "train.optim.epochs=1", "train.optim.batch_size=8",
+                 "run.progress=false", "run.precision=fp32"]
+    record = tmp_path / "record"
+    first = run_ablation("quick", overrides, [0, 1], tmp_path / "abl", rows=[1, 5], record_dir=record)
+    full = "+ CB focal loss (full)"
+    assert [len(v) for v in first["results"].values()] == [2, 0, 0, 0, 2]
+    assert sorted(f.name for f in record.iterdir()) == [f"seed{s}_row{k}.{e}" for s in (0, 1) for k in (1, 5)
+                                                        for e in ("json", "npz")]
+    paired = first["paired"][full]
+    assert paired["seeds"] == [0, 1] and paired["ci"] == "bootstrap over seeds and test patients"
+    lo, hi = paired["study_map"][1], paired["study_map"][2]
+    assert lo <= paired["study_map"][0] <= hi
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("a recorded row was trained again")
+
+    monkeypatch.setattr(ablation, "run_train", refuse)
+    monkeypatch.setattr(ablation, "run_pretrain", refuse)
+    again = run_ablation("quick", overrides, [0, 1], tmp_path / "abl2", rows=[1, 5], record_dir=record)
+    assert again["results"] == json.loads(json.dumps(first["results"]))
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences() -> None:
+    from scipy.stats import t as student_t
+
+    from deeppneumonia.studies.ablation import paired_interval
+
+    d = [0.02, 0.05, -0.01, 0.03, 0.04]
+    mean, lo, hi = paired_interval(d)  # type: ignore[misc]
+    half = student_t.ppf(0.975, 4) * float(__import__("numpy").std(d, ddof=1)) / 5 ** 0.5
+    assert mean == pytest.approx(0.026) and lo == pytest.approx(0.026 - half) and hi == pytest.approx(0.026 + half)
+    assert paired_interval([0.1]) is None
 
 
 def test_classical_baselines_learn_the_synthetic_lesion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,3 +25,33 @@ def test_seeded_and_in_range() -> None:
     c, _ = augment(x, None, cfg, torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
+
+
+def test_blur_sigma_is_relative_to_the_image_side() -> None:
+    from deeppneumonia.transforms.augment import blur_sigma_px
+
+    cfg = AugmentConfig(blur_sigma_rel=(0.005, 0.01))
+    assert blur_sigma_px(cfg, 64) == (0.32, 0.64) and blur_sigma_px(cfg, 224) == (1.12, 2.24)
+    assert blur_sigma_px(AugmentConfig(blur_sigma=(0.1, 1.5)), 64) == (0.1, 1.5)  # pixels, as older presets say
+
+
+def test_one_preset_blurs_alike_at_every_size() -> None:
+    """A blurred step edge spreads over the same fraction of the image at 64 and 256 px."""
+    cfg = AugmentConfig(crop_scale=(1.0, 1.0), rotate_deg=0, brightness=0, contrast=0, gamma=0, blur_prob=1.0,
+                        blur_sigma_rel=(0.03, 0.03))
+    widths = []
+    for side in (64, 256):
+        x = torch.zeros(1, 1, side, side)
+        x[..., side // 2:] = 1.0
+        y, _ = augment(x, None, cfg, torch.Generator().manual_seed(0))
+        profile = y[0, 0, side // 4, :]
+        widths.append(float(((profile > 0.1) & (profile < 0.9)).sum()) / side)
+    assert abs(widths[0] - widths[1]) < 0.02 and widths[0] > 0.03
+
+
+def test_pretrain_recipe_is_light() -> None:
+    from deeppneumonia.config import PretrainConfig
+
+    a = PretrainConfig().augment
+    assert a.crop_scale[0] >= 0.5 and max(a.brightness, a.contrast, a.gamma) <= 0.2 and a.blur_sigma is None
+    assert PretrainConfig().select == "last"

@@ -26,7 +26,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = run_ablation(args.config, _study_overrides(args), args.seeds, out)
+    summary = run_ablation(args.config, _study_overrides(args), args.seeds, out, args.rows, args.record)
     return _publish(out, "table1.md", ablation_markdown(summary, command_line()))
 
 
@@ -66,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_config_args(p, default="siim-cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--rows", type=int, nargs="+", default=None, choices=range(1, 6),
+                   help="rows to run (default all); finished rows of other invocations still enter the table")
+    p.add_argument("--record", type=Path, default=None,
+                   help="folder for one small JSON per finished (seed, row), meant to be committed; recorded rows are "
+                        "not run again")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("compare", help="the paper's Table II: classical and deep baselines on the same split")

@@ -29,7 +29,7 @@ BOOT_CHUNK = 50
 MIN_VALID_FRACTION = 0.5
 """A bootstrap interval needs at least this fraction of resamples with a defined metric, else it is (nan, nan)."""
 
-__all__ = ["BOOT_CHUNK", "MIN_VALID_FRACTION", "bootstrap_ci", "evaluate_with_ci"]
+__all__ = ["BOOT_CHUNK", "MIN_VALID_FRACTION", "bootstrap_ci", "evaluate_with_ci", "paired_seed_bootstrap"]
 
 
 def _bootstrap_chunk(p: np.ndarray, t: np.ndarray, rows_by_patient: np.ndarray, count: np.ndarray, start: np.ndarray,
@@ -144,4 +144,64 @@ def evaluate_with_ci(probs: np.ndarray, targets: np.ndarray, classes: Sequence[s
             first_patient.setdefault(s, pat)
         out["study"] = level(p_s, t_s, [first_patient[s] for s in study_ids])
     out["n_boot"] = n_boot
+    return out
+
+
+def paired_seed_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], targets: np.ndarray,
+                          patients: Sequence[Hashable], metric_fn: MetricFn, n_boot: int = 1000, seed: int = 0,
+                          alpha: float = 0.05) -> dict[str, tuple[float, float, float]]:
+    """Mean difference of a metric between two methods over training seeds, with a CI carrying seed AND test noise.
+
+    ``a[s]`` and ``b[s]`` are the (N, C) probabilities of methods A and B trained with the s-th seed, on the same N
+    test rows (images or studies). Each resample draws the seeds with replacement and the patients with replacement
+    (all rows of a drawn patient, one draw shared by A and B), and takes the mean over the drawn seeds of
+    ``metric(A_s) - metric(B_s)`` on those rows: a two-level (seeds, then patients) percentile bootstrap.
+
+    Args:
+        a, b: S arrays each, (N, C), paired by seed. targets: (N, C). patients: N patient ids.
+        metric_fn: (probs, targets) -> flat dict of floats, e.g. ``scalar_metrics(False)``.
+        n_boot, seed, alpha: resamples, RNG seed, 1 - confidence level.
+
+    Returns:
+        ``{key: (mean difference on the full test rows, lower, upper)}``; (mean, nan, nan) when fewer than
+        ``MIN_VALID_FRACTION`` of the resamples define the metric.
+    """
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"need the same number (>= 1) of runs per method, got {len(a)} and {len(b)}")
+    t = np.asarray(targets)
+    if any(x.shape != (len(t), t.shape[1]) for x in (*a, *b)):
+        raise ValueError("every run needs probabilities for the same test rows as the targets")
+    codes, ids = first_appearance_codes(patients)
+    rows_by_patient = np.argsort(codes, kind="stable")
+    count = np.bincount(codes, minlength=len(ids))
+    start = np.concatenate(([0], np.cumsum(count)[:-1]))
+    rng = np.random.default_rng(seed)
+    full = [{k: v - mb.get(k, NAN) for k, v in metric_fn(pa, t).items()} for pa, mb in
+            zip(a, (metric_fn(pb, t) for pb in b), strict=True)]
+    point = {k: float(np.nanmean([f[k] for f in full])) for k in full[0]}
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n_boot):
+            drawn = rng.integers(0, len(ids), size=len(ids))
+            lengths = count[drawn]
+            ends = np.cumsum(lengths)
+            rows = rows_by_patient[np.repeat(start[drawn] - (ends - lengths), lengths) + np.arange(ends[-1])]
+            picked = rng.integers(0, len(a), size=len(a))
+            diffs: dict[str, list[float]] = {k: [] for k in point}
+            for s in np.unique(picked):
+                ma, mb = metric_fn(a[s][rows], t[rows]), metric_fn(b[s][rows], t[rows])
+                for k in point:
+                    diffs[k] += [float(ma.get(k, NAN)) - float(mb.get(k, NAN))] * int((picked == s).sum())
+            for k, v in diffs.items():
+                m = float(np.mean(v))
+                if math.isfinite(m):
+                    draws[k].append(m)
+    out: dict[str, tuple[float, float, float]] = {}
+    for k, kept in draws.items():
+        if len(kept) < MIN_VALID_FRACTION * n_boot:
+            out[k] = (point[k], NAN, NAN)
+        else:
+            lo, hi = np.percentile(np.asarray(kept), [100 * alpha / 2, 100 * (1 - alpha / 2)])
+            out[k] = (point[k], float(lo), float(hi))
     return out

@@ -151,7 +151,8 @@ def _score_attention(pred: Predictor, heads_path: Path, cache: Any, order: np.nd
 
 
     state, meta = load_weights(heads_path)
-    heads = MGACRHeads(meta["layers"]).to(pred.rt.device)
+    heads = MGACRHeads(meta["layers"], int(meta.get("kernel_size", 7)), meta.get("head", "cbam"),
+                       meta.get("stage_channels", (64, 128, 256, 512))).to(pred.rt.device)
     heads.load_state_dict(state)
     heads.eval()
     boxed = [k for k, i in enumerate(order) if cache.manifest.records[int(i)].boxes][:max_images]

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from deeppneumonia.config import Config, IAMConfig
 from deeppneumonia.data.batches import Batch, CachedSplit
 from deeppneumonia.errors import ConfigError
-from deeppneumonia.evaluation.metrics import scalar_metrics
+from deeppneumonia.evaluation.metrics import image_and_study_metrics
 from deeppneumonia.inference.split import predict_split
 from deeppneumonia.losses import ClassBalancedFocalLoss
 from deeppneumonia.losses.knowledge import kp_loss
@@ -47,7 +47,7 @@ from deeppneumonia.models.checkpoint import load_weights, save_weights
 from deeppneumonia.models.factory import build_classifier, load_encoder
 from deeppneumonia.models.msa import msa_arch
 from deeppneumonia.runtime.device import Runtime
-from deeppneumonia.training.supervised import model_metadata
+from deeppneumonia.training.supervised import model_metadata, resolve_best_metric, study_ids
 from deeppneumonia.transforms.erase import erase
 from deeppneumonia.transforms.inputs import make_inputs
 from deeppneumonia.transforms.preprocessing import Preprocessing
@@ -133,7 +133,8 @@ class IAMTask:
         self.images_per_batch = self.batch_size
         # an MSA network that does not aggregate layer4 leaves it without gradient: DDP must look for unused ones
         self.ddp_find_unused = self.ic.msa and 4 not in self.ic.msa_layers
-        self.metric = cfg.train.best_metric if not self.multilabel else "auroc_macro"
+        self.val_studies = study_ids(val)
+        self.metric = resolve_best_metric(cfg.train.best_metric, self.multilabel, self.val_studies is not None)
         self.best_metric = "iam_selection"  # = self.metric in the last round, -1 before (see validate)
         self.round = 0
         if not any(c.lower() not in {m.lower() for m in self.ic.negative_classes} for c in classes):
@@ -208,7 +209,7 @@ class IAMTask:
     # --- validation and saving ------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         probs = predict_split(self.model, self.val, self.rt, self.pre, self.multilabel)
-        out = scalar_metrics(self.multilabel)(probs, self.val.targets.numpy())
+        out = image_and_study_metrics(probs, self.val.targets.numpy(), self.val_studies, self.multilabel)
         out["iam_round"] = float(self.round)
         out["iam_selection"] = float(out.get(self.metric, 0.0)) if self.round == self.ic.iterations else -1.0
         return out

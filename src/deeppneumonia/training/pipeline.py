@@ -4,7 +4,7 @@ Run folder layout (``run.out_dir``)::
 
     config.yaml         the resolved config (a rerun with another config in the same folder is refused)
     split.json          image ids of the train / val / test parts (patient-disjoint)
-    pretrain/           encoder.safetensors (best by kNN accuracy), last.pt, metrics.jsonl, tb/
+    pretrain/           encoder.safetensors (pretrain.select: the last epoch by default), last.pt, metrics.jsonl, tb/
     train/              model.safetensors (best by train.best_metric), last.pt, metrics.jsonl, tb/
     test_metrics.json   the best Stage II model on the held-out patients (never seen in training)
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,8 +242,10 @@ def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
     if len(data.test):
         probs = predict_split(model, data.test, rt, Preprocessing.from_config(cfg.data), multilabel)
         targets = data.test.targets.numpy()
-        studies = [data.manifest.records[int(i)].study_id for i in data.test.indices]
+        recs = [data.manifest.records[int(i)] for i in data.test.indices]
+        studies = [r.study_id for r in recs]
         out.update(image_and_study_metrics(probs, targets, studies, multilabel))
+        save_predictions(run_dir / "test_predictions.npz", probs, targets, recs)
     out["best_epoch"] = meta.get("epoch")
     seconds = logged_seconds(run_dir / "train")  # all epochs, also those of an earlier, resumed invocation
     if seconds is not None:
@@ -252,6 +255,17 @@ def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
     out = to_jsonable(out)
     write_json(run_dir / "test_metrics.json", out)
     return out
+
+
+def save_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, records: list[Any]) -> None:
+    """The test part's probabilities with their targets and ids (for paired comparisons of runs), atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as fh:
+        np.savez_compressed(fh, probs=probs.astype(np.float32), targets=targets.astype(np.float32),
+                            image_id=np.asarray([r.image_id for r in records], dtype=str),
+                            study_id=np.asarray([r.study_id for r in records], dtype=str),
+                            patient_id=np.asarray([r.patient_id for r in records], dtype=str))
+    os.replace(tmp, path)
 
 
 def write_split(data: PreparedData, run_dir: Path) -> None:

@@ -2,13 +2,16 @@
 
 Two augmented views of each training image go through the shared encoder and the MLP projector; the
 InfoNCE loss (temperature 0.2) pulls the views of one image together against the 2N-2 other views.
-Labels are never used for training. Each epoch also reports the contrastive accuracy (paper Fig. 6) and,
-on a labelled validation split, a weighted kNN accuracy (Wu et al. 2018) of the encoder's pooled
-features, so the user sees whether pre-training helps. The best encoder is saved without the projector.
+Labels are never used for training. Each epoch also reports the contrastive loss and accuracy (paper
+Fig. 6) on fixed views of the validation split and, on a labelled multi-class validation split, a
+weighted kNN accuracy (Wu et al. 2018) of the encoder's pooled features, so the user sees whether
+pre-training helps. The encoder kept (``pretrain.select``) is the last epoch's (default), the one with the
+lowest validation contrastive loss, or the one with the best kNN accuracy; it is saved without the projector.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import Batch, CachedSplit, UnlabelledUnion
+from deeppneumonia.errors import ConfigError
 from deeppneumonia.evaluation.probe import embed, knn_accuracy
 from deeppneumonia.losses import InfoNCELoss, contrastive_accuracy
 from deeppneumonia.models.checkpoint import save_weights
@@ -29,6 +33,11 @@ from deeppneumonia.runtime import distributed
 from deeppneumonia.runtime.device import Runtime, eval_mode
 from deeppneumonia.transforms.inputs import make_inputs
 from deeppneumonia.transforms.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+# pretrain.select -> the key of validate() that picks the encoder (higher is better)
+SELECT_METRIC = {"last": "last_epoch", "val_loss": "neg_contrastive_loss", "knn": "knn_accuracy"}
 
 
 class SimCLRTask:
@@ -47,7 +56,12 @@ class SimCLRTask:
         self.encoder.fc = nn.Identity()  # type: ignore[assignment]  # no classifier in Stage I
         self.projector = Projector(STAGE_CHANNELS[arch][-1], self.pcfg.proj_hidden, self.pcfg.proj_dim)
         self.loss = InfoNCELoss(self.pcfg.temperature)
-        self.best_metric = "knn_accuracy" if multiclass and val is not None and len(val) else "contrastive_accuracy"
+        self.with_knn = multiclass and val is not None and len(val) > 0 and self.pcfg.knn_k > 0
+        if self.pcfg.select == "knn" and not self.with_knn:
+            raise ConfigError("pretrain.select=knn needs a multi-class data set with a validation split and "
+                              "pretrain.knn_k > 0; use pretrain.select=last or val_loss")
+        self.best_metric = SELECT_METRIC[self.pcfg.select]
+        self.epoch = 0
         bs = self.pcfg.optim.batch_size
         if len(self.pool) < 2:
             raise ValueError("SimCLR needs at least 2 training images")
@@ -62,6 +76,7 @@ class SimCLRTask:
         return len(self.pool) // self.batch_size
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
+        self.epoch = epoch
         return self.pool.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
                                   drop_last=True, shard=True)
 
@@ -99,8 +114,10 @@ class SimCLRTask:
                 losses.append(float(self.loss(z1, z2)))
                 accs.append(float(contrastive_accuracy(z1, z2)))
         out["contrastive_loss"] = float(np.mean(losses)) if losses else float("nan")
+        out["neg_contrastive_loss"] = -out["contrastive_loss"]  # for select=val_loss (the loop keeps the highest)
         out["contrastive_accuracy"] = float(np.mean(accs)) if accs else float("nan")
-        if self.best_metric == "knn_accuracy" and self.val is not None:
+        out["last_epoch"] = float(self.epoch + 1)  # for select=last: every epoch is an improvement
+        if self.with_knn and self.val is not None:
             tf = embed(self.encoder, self.train, self.rt, self.pre)
             vf = embed(self.encoder, self.val, self.rt, self.pre)
             out["knn_accuracy"] = knn_accuracy(tf, self.train.targets.argmax(1), vf, self.val.targets.argmax(1),
@@ -111,4 +128,5 @@ class SimCLRTask:
         d = self.cfg.data
         save_weights(run_dir / "encoder.safetensors", encoder_state(self.encoder),  # type: ignore[arg-type]
                      {"kind": "encoder", "arch": self.arch, "in_chans": 1, "size": d.size, "resize": d.resize,
-                      "mean": d.mean, "std": d.std, "epoch": record["epoch"], "config": self.cfg.to_dict()})
+                      "mean": d.mean, "std": d.std, "epoch": record["epoch"], "selected_by": self.pcfg.select,
+                      "config": self.cfg.to_dict()})

@@ -2,8 +2,10 @@
 
 Image and lesion mask share one random geometric draw (random resized crop, small rotation, optional
 flip) applied with one ``grid_sample``; intensity changes (brightness, contrast, gamma, blur, noise)
-touch the image only. No hue or colour jitter: the images have one grey channel. Random numbers come
-from a CPU ``torch.Generator``, so a seed gives the same augmentations on CPU and GPU.
+touch the image only. Strengths are relative to the image: crop as an area fraction, rotation in degrees,
+blur sigma as a fraction of the side (``blur_sigma_rel``; ``blur_sigma`` in pixels still works). No hue
+or colour jitter: the images have one grey channel. Random numbers come from a CPU ``torch.Generator``, so a
+seed gives the same augmentations on CPU and GPU.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def random_affine(n: int, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
     return theta
 
 
+def blur_sigma_px(cfg: AugmentConfig, side: int) -> tuple[float, float]:
+    """The blur sigma range in pixels for images ``side`` pixels wide: ``blur_sigma`` if set, else
+    ``blur_sigma_rel`` x ``side`` (so one preset blurs alike at every size)."""
+    if cfg.blur_sigma is not None:
+        return cfg.blur_sigma
+    return cfg.blur_sigma_rel[0] * side, cfg.blur_sigma_rel[1] * side
+
+
 def augment(images: Tensor, masks: Tensor | None, cfg: AugmentConfig, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
     """Augment a batch.
 
@@ -77,7 +87,8 @@ def augment(images: Tensor, masks: Tensor | None, cfg: AugmentConfig, g: torch.G
     if cfg.blur_prob > 0:
         chosen = torch.rand(n, generator=g) < cfg.blur_prob
         if chosen.any():
-            sigma = _uniform(int(chosen.sum()), cfg.blur_sigma[0], cfg.blur_sigma[1], g)
+            lo, hi = blur_sigma_px(cfg, images.shape[-1])
+            sigma = _uniform(int(chosen.sum()), lo, hi, g).clamp_min(1e-3)
             idx = chosen.nonzero().squeeze(1).to(dev)
             out = out.index_copy(0, idx, gaussian_blur(out[idx], sigma).to(out.dtype))  # autocast may halve it
     if cfg.noise_std > 0:
