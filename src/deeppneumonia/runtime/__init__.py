@@ -1,1 +1,1 @@
-"""runtime."""
+"""Where and how a run computes: device, precision and seeding (:mod:`.device`), torchrun / DDP (:mod:`.distributed`)."""
