@@ -31,7 +31,7 @@ from deeppneumonia.data.splits import Split, patient_split
 from deeppneumonia.errors import ConfigError, DataError
 from deeppneumonia.evaluation.metrics import image_and_study_metrics, to_jsonable
 from deeppneumonia.inference.split import predict_split
-from deeppneumonia.models.checkpoint import load_weights, save_weights, write_json
+from deeppneumonia.models.checkpoint import load_weights, remove_stale_temps, save_weights, write_json
 from deeppneumonia.runtime import distributed
 from deeppneumonia.runtime.device import Runtime, check_device, resolve_runtime, seed_everything
 from deeppneumonia.training.loop import FitResult, Task, fit, logged_seconds
@@ -133,7 +133,14 @@ def open_run(cfg: Config) -> Path:
     distributed.setup(cfg.run.device)
     run_dir = Path(cfg.run.out_dir).expanduser()
     with distributed.main_first(local=False):
-        _check_or_write_config(cfg, run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"run.out_dir={run_dir}: is a file, not a folder; choose another run.out_dir")
+        try:
+            _check_or_write_config(cfg, run_dir)
+        except OSError as exc:  # below a file, under /proc, read-only, no space
+            raise ConfigError(f"run.out_dir={run_dir}: cannot write the run folder: {exc}") from exc
+        if distributed.is_main():
+            remove_stale_temps(run_dir)
     return run_dir
 
 
@@ -244,12 +251,10 @@ def build_task(cfg: Config, data: PreparedData, rt: Runtime, encoder: dict[str, 
 
 def load_model(path: Path, rt: Runtime) -> tuple[torch.nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
     """A saved ``model.safetensors`` rebuilt for ``rt``: the model, its metadata and its state dict."""
-    from deeppneumonia.models.factory import build_classifier
+    from deeppneumonia.models.factory import load_classifier
 
-    state, meta = load_weights(path)
-    model = build_classifier(len(meta["classes"]), meta["arch"]).to(rt.device).to(memory_format=rt.memory_format)
-    model.load_state_dict(state)
-    return model, meta, state
+    model, meta, state = load_classifier(path)
+    return model.to(rt.device).to(memory_format=rt.memory_format), meta, state
 
 
 def store_thresholds(cfg: Config, data: PreparedData, rt: Runtime, path: Path) -> None:
