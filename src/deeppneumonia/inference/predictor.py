@@ -38,11 +38,10 @@ class Predictor:
             raise CheckpointError(f"{path}: holds a {meta.get('kind')!r}, not a classifier (model.safetensors)")
         if meta.get("task") not in ("multiclass", "multilabel"):
             raise CheckpointError(f"{path}: the metadata names no task (multiclass or multilabel): {meta.get('task')!r}")
+        Preprocessing.from_meta(meta)  # a checkpoint without valid preprocessing is refused here, not at an image
         rt = resolve_runtime(device, precision, channels_last=False)
         model, meta, _ = load_classifier(path)
-        pred = cls(model.to(rt.device).eval(), meta, rt)
-        pred.pre  # noqa: B018  # a checkpoint without valid preprocessing is refused here, not at the first image
-        return pred
+        return cls(model.to(rt.device).eval(), meta, rt)
 
     @property
     def classes(self) -> list[str]:
