@@ -385,7 +385,8 @@ def case_covid_dotdot_filename(tmp: Path, capsys: Any) -> None:
                "metadata.csv:5", "bad_path")
 
 
-def nih(tmp: Path, box_rows: str = "", label_rows: str = "", box_header: str = "Image Index,Finding Label,x,y,w,h\n") -> Path:
+def nih(tmp: Path, box_rows: str = "", label_rows: str = "",
+        box_header: str = "Image Index,Finding Label,x,y,w,h\n") -> Path:
     root = tmp / "nih"
     for i in range(3):
         png(root / "images" / f"{i}.png", seed=i)

@@ -38,7 +38,10 @@ class Predictor:
             raise CheckpointError(f"{path}: holds a {meta.get('kind')!r}, not a classifier (model.safetensors)")
         if meta.get("task") not in ("multiclass", "multilabel"):
             raise CheckpointError(f"{path}: the metadata names no task (multiclass or multilabel): {meta.get('task')!r}")
-        Preprocessing.from_meta(meta)  # a checkpoint without valid preprocessing is refused here, not at an image
+        try:  # a checkpoint without valid preprocessing is refused here, not at the first image
+            Preprocessing.from_meta(meta)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
         rt = resolve_runtime(device, precision, channels_last=False)
         model, meta, _ = load_classifier(path)
         return cls(model.to(rt.device).eval(), meta, rt)
