@@ -9,6 +9,8 @@ Every choice the paper leaves open is a field here; docs/method.md says why each
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass, replace
@@ -281,6 +283,88 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "", base: Any = None
     return replace(base, **kwargs)
 
 
+def _non_finite(node: Any, prefix: str = "") -> list[str]:
+    """Keys holding a NaN or infinite number (YAML reads .nan / .inf as floats)."""
+    out = []
+    for f in fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out += _non_finite(value, key + ".")
+        elif any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
+            out.append(f"{key}={value!r}: must be a finite number")
+    return out
+
+
+def validate(cfg: Config) -> Config:
+    """The one check of the config's value ranges (types are checked while it is built); returns ``cfg``.
+
+    Raises ConfigError listing every key out of range, so a degenerate run (0 epochs, a batch of -4, a zero
+    learning rate, a negative momentum, no validation images) is refused before any data is read.
+    """
+    bad = _non_finite(cfg)
+
+    def need(ok: bool, key: str, value: Any, what: str) -> None:
+        if not ok:
+            bad.append(f"{key}={value!r}: {what}")
+
+    d, r = cfg.data, cfg.run
+    need(d.size >= 8, "data.size", d.size, "must be at least 8 pixels")
+    need(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction,
+         "must be in (0, 1): Stage II picks its best checkpoint and thresholds on the validation patients")
+    need(0 <= d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in [0, 1) (0 = no test part)")
+    need(d.val_fraction + d.test_fraction < 1, "data.val_fraction + data.test_fraction",
+         d.val_fraction + d.test_fraction, "must leave training images (sum below 1)")
+    need(d.std > 0, "data.std", d.std, "must be > 0")
+    need(d.split_seed >= 0, "data.split_seed", d.split_seed, "must be >= 0")
+    for name, o in (("pretrain.optim", cfg.pretrain.optim), ("train.optim", cfg.train.optim)):
+        need(o.epochs >= 1, f"{name}.epochs", o.epochs, "must be at least 1")
+        need(o.batch_size >= 1, f"{name}.batch_size", o.batch_size, "must be at least 1")
+        need(o.lr > 0, f"{name}.lr", o.lr, "must be > 0")
+        need(0 <= o.momentum < 1, f"{name}.momentum", o.momentum, "must be in [0, 1)")
+        need(o.weight_decay >= 0, f"{name}.weight_decay", o.weight_decay, "must be >= 0")
+        need(o.warmup_epochs >= 0, f"{name}.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    for name, a in (("pretrain.augment", cfg.pretrain.augment), ("train.augment", cfg.train.augment)):
+        lo, hi = a.crop_scale
+        need(0 < lo <= hi <= 1, f"{name}.crop_scale", a.crop_scale, "must be [low, high] with 0 < low <= high <= 1")
+        lo, hi = a.blur_sigma
+        need(0 < lo <= hi, f"{name}.blur_sigma", a.blur_sigma, "must be [low, high] with 0 < low <= high")
+        need(0 <= a.blur_prob <= 1, f"{name}.blur_prob", a.blur_prob, "must be in [0, 1]")
+        for key in ("rotate_deg", "brightness", "contrast", "gamma", "noise_std"):
+            need(getattr(a, key) >= 0, f"{name}.{key}", getattr(a, key), "must be >= 0")
+    p = cfg.pretrain
+    need(p.temperature > 0, "pretrain.temperature", p.temperature, "must be > 0")
+    need(p.proj_hidden >= 1, "pretrain.proj_hidden", p.proj_hidden, "must be at least 1")
+    need(p.proj_dim >= 1, "pretrain.proj_dim", p.proj_dim, "must be at least 1")
+    need(p.knn_k >= 1, "pretrain.knn_k", p.knn_k, "must be at least 1")
+    t = cfg.train
+    m = t.mgacr
+    need(set(m.layers) <= {1, 2, 3, 4}, "train.mgacr.layers", m.layers, "must be among 1, 2, 3, 4")
+    need(m.weight_attention >= 0, "train.mgacr.weight_attention", m.weight_attention, "must be >= 0")
+    need(m.weight_feature >= 0, "train.mgacr.weight_feature", m.weight_feature, "must be >= 0")
+    need(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "train.mgacr.kernel_size", m.kernel_size,
+         "must be odd and at least 1")
+    need(0 <= t.loss.beta < 1, "train.loss.beta", t.loss.beta, "must be in [0, 1)")
+    need(t.loss.gamma >= 0, "train.loss.gamma", t.loss.gamma, "must be >= 0")
+    i = t.iam
+    need(i.warmup_epochs >= 0, "train.iam.warmup_epochs", i.warmup_epochs, "must be >= 0")
+    need(i.iterations >= 0, "train.iam.iterations", i.iterations, "must be >= 0")
+    need(i.epochs_per_iteration >= 1, "train.iam.epochs_per_iteration", i.epochs_per_iteration, "must be at least 1")
+    need(0 < i.erase_threshold <= 1, "train.iam.erase_threshold", i.erase_threshold, "must be in (0, 1]")
+    need(i.kp_weight >= 0, "train.iam.kp_weight", i.kp_weight, "must be >= 0")
+    need(set(i.msa_layers) <= {1, 2, 3, 4}, "train.iam.msa_layers", i.msa_layers, "must be among 1, 2, 3, 4")
+    need(t.can.attention_weight >= 0, "train.can.attention_weight", t.can.attention_weight, "must be >= 0")
+    need(t.can.balance_gamma >= 0, "train.can.balance_gamma", t.can.balance_gamma, "must be >= 0")
+    need(0 < t.target_sensitivity <= 1, "train.target_sensitivity", t.target_sensitivity, "must be in (0, 1]")
+    need(r.seed >= 0, "run.seed", r.seed, "must be >= 0")
+    need(r.threads >= 0, "run.threads", r.threads, "must be >= 0 (0 = the default)")
+    need(r.checkpoint_minutes >= 0, "run.checkpoint_minutes", r.checkpoint_minutes, "must be >= 0 (0 = every step)")
+    need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", r.device) is not None, "run.device", r.device,
+         "must be auto, cpu, cuda, cuda:N or mps")
+    if bad:
+        raise ConfigError("invalid configuration: " + "; ".join(bad))
+    return cfg
+
+
 def preset_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("deeppneumonia.configs").iterdir()
                   if p.name.endswith(".yaml"))
@@ -321,13 +405,13 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {part} is not a section")
         node[path[-1]] = value
-    return _build(Config, values)
+    return validate(_build(Config, values))
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config from its ``to_dict()`` form (e.g. read back from a checkpoint)."""
-    return _build(Config, values)
+    return validate(_build(Config, values))
 
 
 __all__ = ["AugmentConfig", "CANConfig", "Config", "ConfigError", "DataConfig", "IAMConfig", "LossConfig", "MGACRConfig",
-           "OptimConfig", "PretrainConfig", "RunConfig", "TrainConfig", "load_config"]
+           "OptimConfig", "PretrainConfig", "RunConfig", "TrainConfig", "load_config", "validate"]

@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeepPneumoniaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment (a missing folder, permissions, a full disk), not a bug: one line
+        log.debug("OS error", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         from deeppneumonia.runtime import distributed
 

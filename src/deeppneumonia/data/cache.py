@@ -44,9 +44,15 @@ def geometry(width: int, height: int, size: int, mode: str) -> tuple[float, floa
         return size / width, size / height, 0.0, 0.0
     if mode == "letterbox":
         s = size / max(width, height)
-        nw, nh = round(width * s), round(height * s)
+        nw, nh = _letterbox_dims(width, height, size)
         return s, s, float((size - nw) // 2), float((size - nh) // 2)
     raise DataError(f"unknown resize mode {mode!r}; choose 'squash' or 'letterbox'")
+
+
+def _letterbox_dims(width: int, height: int, size: int) -> tuple[int, int]:
+    """The letterboxed image's size: the aspect ratio kept, at least 1 pixel per side (a 1x300 image at 32 px)."""
+    s = size / max(width, height)
+    return max(1, min(size, round(width * s))), max(1, min(size, round(height * s)))
 
 
 def resize_image(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -56,8 +62,8 @@ def resize_image(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
     if mode == "squash":
         out = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
     else:
-        sx, _, dx, dy = geometry(w, h, size, mode)
-        nw, nh = round(w * sx), round(h * sx)
+        _, _, dx, dy = geometry(w, h, size, mode)
+        nw, nh = _letterbox_dims(w, h, size)
         small = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR))
         out = np.zeros((size, size), np.float32)
         out[int(dy):int(dy) + nh, int(dx):int(dx) + nw] = small

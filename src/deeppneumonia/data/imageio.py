@@ -96,9 +96,10 @@ def probe_image(path: Path | str) -> ImageInfo:
     name = str(path)
     fmt = detect_format(path)
     if fmt == "DICOM":
-        from deeppneumonia.data.readers.dicom import dicom_info, import_pydicom
+        from deeppneumonia.data.readers.dicom import check_deflated, dicom_info, import_pydicom
 
         pydicom = import_pydicom(name)
+        check_deflated(path, name, MAX_PIXELS, MAX_SIDE)  # pydicom inflates a deflated file whole, even for the header
         try:
             ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
             info = dicom_info(ds, name)
@@ -200,6 +201,9 @@ def _looks_like_headless_dicom(source: Path | bytes) -> bool:
         import pydicom
     except ImportError:
         return False
+    from deeppneumonia.data.readers.dicom import check_deflated
+
+    check_deflated(source, str(source) if isinstance(source, Path) else "<upload>", MAX_PIXELS, MAX_SIDE)
     try:
         fp: Any = source if isinstance(source, Path) else io.BytesIO(source)
         with warnings.catch_warnings():

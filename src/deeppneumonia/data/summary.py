@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +58,13 @@ def summarize(manifest: Manifest, decode: bool = True, workers: int | None = Non
         paths = [str(r.path) for r in recs]
         workers = workers or min(os.cpu_count() or 1, 8)
         bar = tqdm(total=len(paths), desc="decoding", unit="img", disable=not progress)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, (fmt, err) in enumerate(pool.map(_decode_info, paths, chunksize=32)):
+        with contextlib.ExitStack() as stack:
+            if workers <= 1 or len(paths) < 64:  # a few images: no worker processes to start
+                results: Iterator[tuple[str | None, str | None]] = map(_decode_info, paths)
+            else:
+                results = stack.enter_context(ProcessPoolExecutor(max_workers=workers)).map(_decode_info, paths,
+                                                                                             chunksize=32)
+            for i, (fmt, err) in enumerate(results):
                 bar.update(1)
                 if fmt is None:
                     bad.add(i)

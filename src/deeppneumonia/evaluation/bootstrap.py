@@ -119,7 +119,7 @@ def evaluate_with_ci(probs: np.ndarray, targets: np.ndarray, classes: Sequence[s
     Args:
         probs: (N, C). targets: (N, C). classes: C names. patients: N patient ids. studies: N study ids or None.
         multilabel, thresholds: as in :func:`classification_metrics` (the thresholds also apply inside the CIs).
-        n_boot, seed, n_jobs: of :func:`bootstrap_ci` (95 % intervals).
+        n_boot, seed, n_jobs: of :func:`bootstrap_ci` (95 % intervals); ``n_boot=0``: no intervals (``ci`` empty).
 
     Returns:
         ``{"image": classification_metrics(...) + {"ci": {metric: [lo, hi]}}, "n_boot": n_boot}`` and, when
@@ -131,7 +131,8 @@ def evaluate_with_ci(probs: np.ndarray, targets: np.ndarray, classes: Sequence[s
 
     def level(pl: np.ndarray, tl: np.ndarray, pats: Sequence[Hashable]) -> dict[str, Any]:
         res = classification_metrics(pl, tl, classes, multilabel, thresholds)
-        res["ci"] = to_jsonable(bootstrap_ci(pl, tl, pats, fn, n_boot=n_boot, seed=seed, n_jobs=n_jobs))
+        res["ci"] = {} if n_boot == 0 else to_jsonable(bootstrap_ci(pl, tl, pats, fn, n_boot=n_boot, seed=seed,
+                                                                    n_jobs=n_jobs))  # n_boot 0: no intervals
         return res
 
     out: dict[str, Any] = {"image": level(p, t, patients)}

@@ -86,11 +86,27 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
                         gradcam_layer: str = "layer4", max_cam_images: int = 300, gallery_per_class: int = 3,
                         device: str = "auto", progress: bool = True) -> EvalResult:
     checkpoint, out = Path(checkpoint), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if n_boot < 0:
+        raise DataError(f"n_boot={n_boot}: the number of bootstrap resamples must be >= 0 (0 = no intervals)")
     pred = Predictor.from_checkpoint(checkpoint, device)
     manifest = load_source(data, source, classes=pred.classes)  # a CSV is read in the model's class order
     if tuple(manifest.classes) != tuple(pred.classes):
-        raise DataError(f"the data's classes {manifest.classes} differ from the model's {pred.classes}")
+        raise DataError(f"{data}: the data's classes {list(manifest.classes)} differ from the model's {pred.classes}")
+    foreign = [p for p in manifest.problems if p.kind == "unknown_label"]
+    if foreign and not manifest.records:
+        data_classes = list(load_source(data, source).classes)
+        raise DataError(f"{data}: the data's labels {data_classes} differ from the model's classes {pred.classes} "
+                        f"(every row has a label the model does not know; first: {foreign[0]})")
+    if foreign:
+        log.warning("%s: %d row(s) have a label outside the model's classes %s and are left out (first: %s)",
+                    data, len(foreign), pred.classes, foreign[0])
+    if not manifest.records:
+        shown = "; ".join(str(p) for p in manifest.problems[:3])
+        raise DataError(f"{data}: no usable image to evaluate ({len(manifest.problems)} problem(s): {shown})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{out}: cannot create the output folder: {exc}") from exc
     idx, part = select_split(checkpoint, [r.image_id for r in manifest.records], split)
     cache = build_cache(manifest, pred.pre.size, cache_dir, pred.pre.resize, progress=progress)
     subset = CachedSplit(cache, idx)

@@ -19,7 +19,7 @@ from torch import Tensor
 from deeppneumonia.data.imageio import read_image
 from deeppneumonia.errors import CheckpointError
 from deeppneumonia.models.checkpoint import load_weights
-from deeppneumonia.models.factory import build_classifier
+from deeppneumonia.models.factory import load_classifier
 from deeppneumonia.models.resnet import XRayResNet
 from deeppneumonia.runtime.device import Runtime, eval_mode, resolve_runtime
 from deeppneumonia.transforms.preprocessing import Preprocessing
@@ -33,12 +33,17 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
-        state, meta = load_weights(path)
+        _, meta = load_weights(path)
         if meta.get("kind") != "classifier":
             raise CheckpointError(f"{path}: holds a {meta.get('kind')!r}, not a classifier (model.safetensors)")
+        if meta.get("task") not in ("multiclass", "multilabel"):
+            raise CheckpointError(f"{path}: the metadata names no task (multiclass or multilabel): {meta.get('task')!r}")
+        try:  # a checkpoint without valid preprocessing is refused here, not at the first image
+            Preprocessing.from_meta(meta)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
         rt = resolve_runtime(device, precision, channels_last=False)
-        model = build_classifier(len(meta["classes"]), meta["arch"], meta.get("in_chans", 1))
-        model.load_state_dict(state)
+        model, meta, _ = load_classifier(path)
         return cls(model.to(rt.device).eval(), meta, rt)
 
     @property

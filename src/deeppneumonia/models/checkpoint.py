@@ -4,7 +4,8 @@
 projector) and, in its header metadata, a JSON document: classes, task, preprocessing (size, resize,
 mean, std), thresholds, the resolved config and library versions. ``last.pt`` holds what resuming needs
 (all module and optimizer states, epoch, best metric) and is read with ``torch.load(weights_only=True)``.
-Every file is written to a temporary name and renamed into place, so a kill never leaves half a file.
+Every file is written to a temporary name, flushed to disk (fsync) and renamed into place, so a kill never
+leaves half a file; :func:`remove_stale_temps` deletes the temporary files a kill left behind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,58 @@ META_KEY = "deeppneumonia"
 
 
 def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # under /proc, below a file, read-only, ...
+        raise CheckpointError(f"{path.parent}: cannot create the output folder: {exc}") from exc
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; cannot write a file there")
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Flush ``tmp`` to disk, rename it onto ``path``, and flush the folder entry (best effort on odd filesystems)."""
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the ``.NAME.tmp-PID`` files that a killed writer left in ``folder``; returns what was removed."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another live process is writing it
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def versions() -> dict[str, str]:
@@ -43,8 +95,11 @@ def save_weights(path: str | Path, state: dict[str, Tensor], metadata: dict[str,
     path = Path(path)
     tmp = _atomic_target(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    tmp.touch()  # created like every other output (0666 less the umask); safetensors alone would make it 0600
+    mode = tmp.stat().st_mode & 0o777
     save_file(tensors, str(tmp), metadata={META_KEY: json.dumps({**metadata, "versions": versions()})})
-    os.replace(tmp, path)
+    os.chmod(tmp, mode)
+    _commit(tmp, path)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -59,7 +114,13 @@ def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     if META_KEY not in meta:
         raise CheckpointError(f"{path}: no deeppneumonia metadata; was it written by this toolkit?")
-    return state, json.loads(meta[META_KEY])
+    try:
+        info = json.loads(meta[META_KEY])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: the deeppneumonia metadata is not JSON ({exc})") from exc
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: the deeppneumonia metadata is not a JSON object")
+    return state, info
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -67,18 +128,33 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
     tmp = _atomic_target(path)
     torch.save(state, tmp)
-    os.replace(tmp, path)
+    _commit(tmp, path)
 
 
-def load_state(path: str | Path) -> dict[str, Any]:
+_STATE_KEYS = ("modules", "optimizer", "scheduler", "epoch", "best", "best_epoch", "history")
+
+
+def load_state(path: str | Path, modules: Iterable[str] | None = None) -> dict[str, Any]:
+    """Read a ``last.pt``; with ``modules``, check that it is a training state of exactly those modules."""
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read training state ({exc}); delete it to start afresh") from exc
+    if modules is None:
+        return state  # type: ignore[no-any-return]
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training state of this toolkit (missing {missing}); delete it to start "
+                              "afresh")
+    held, wanted = sorted(state["modules"]), sorted(modules)
+    if held != wanted:
+        raise CheckpointError(f"{path}: holds the training state of modules {held}, this stage trains {wanted} (a "
+                              "last.pt of another stage or method?); delete it to start afresh")
+    return state  # type: ignore[no-any-return]
 
 
 def write_json(path: str | Path, data: Any) -> None:
     path = Path(path)
     tmp = _atomic_target(path)
     tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    _commit(tmp, path)

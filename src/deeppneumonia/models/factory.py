@@ -10,10 +10,15 @@ Architecture names (stored in every checkpoint's metadata, so a saved model can 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from torch import Tensor, nn
 from torchvision.models import vgg16, vgg16_bn
 
+from deeppneumonia.errors import CheckpointError
 from deeppneumonia.models.can import CrossAttentionResNet
+from deeppneumonia.models.checkpoint import load_weights
 from deeppneumonia.models.msa import MSAResNet, parse_msa_arch
 from deeppneumonia.models.resnet import BLOCKS, XRayResNet
 
@@ -45,6 +50,31 @@ def build_classifier(num_classes: int, arch: str = "resnet18", in_chans: int = 1
     if arch not in BLOCKS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHS} or resnet18_msaNN")
     return XRayResNet(arch, num_classes, in_chans)
+
+
+def load_classifier(path: str | Path) -> tuple[XRayResNet, dict[str, Any], dict[str, Tensor]]:
+    """A saved ``model.safetensors`` rebuilt on the CPU: (model, metadata, state dict).
+
+    Raises:
+        CheckpointError: unreadable, metadata without a class list, an unknown architecture, or weights that do
+            not fit the architecture and class count the metadata names.
+    """
+    state, meta = load_weights(path)
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: the metadata has no class list ('classes': {classes!r})")
+    arch = meta.get("arch", "resnet18")
+    try:
+        model = build_classifier(len(classes), str(arch), int(meta.get("in_chans", 1)))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: the weights do not fit a {arch} with {len(classes)} classes {classes} as its "
+                              f"metadata says ({detail})") from exc
+    return model, meta, state
 
 
 def encoder_state(model: nn.Module) -> dict[str, Tensor]:

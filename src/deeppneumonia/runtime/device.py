@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deeppneumonia.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -40,11 +42,29 @@ class Runtime:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
-def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool = True,
-                    threads: int = 0) -> Runtime:
+def check_device(device: str) -> torch.device:
+    """The torch device named by ``run.device`` / ``--device``; ConfigError when it is malformed or absent here."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"device {device!r} is not a device name (auto, cpu, cuda, cuda:N, mps)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA GPU is available here; use run.device=cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: Apple MPS is not available here; use run.device=cpu (or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r}: choose auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool = True,
+                    threads: int = 0) -> Runtime:
+    dev = check_device(device)
     if threads > 0:
         torch.set_num_threads(threads)
     dtype: torch.dtype | None

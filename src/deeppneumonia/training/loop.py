@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 
 from deeppneumonia.config import OptimConfig
 from deeppneumonia.data.batches import Batch
-from deeppneumonia.errors import DeepPneumoniaError
-from deeppneumonia.models.checkpoint import load_state, save_state
+from deeppneumonia.errors import CheckpointError, DeepPneumoniaError
+from deeppneumonia.models.checkpoint import load_state, remove_stale_temps, save_state
 from deeppneumonia.runtime import distributed
 from deeppneumonia.runtime.device import Runtime, compile_blocks
 
@@ -124,10 +125,16 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
     start, best, best_epoch, history = 0, -math.inf, -1, []
     partial: dict[str, Any] | None = None
     last = run_dir / "last.pt"
+    if main:
+        remove_stale_temps(run_dir)  # half-written files of a killed run
     if last.is_file():
-        state = load_state(last)
+        state = load_state(last, modules)
         for name, m in modules.items():
-            m.load_state_dict(state["modules"][name])
+            try:
+                m.load_state_dict(state["modules"][name])
+            except RuntimeError as exc:
+                raise CheckpointError(f"{last}: does not fit this run's {name} ({str(exc)[:300]}); delete it to "
+                                      "start afresh") from exc
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state.get("scaler", {}))
@@ -136,6 +143,8 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
         partial = state.get("partial")
         where = f"epoch {start}, step {partial['step']}" if partial else f"the end of epoch {start}"
         log.info("%s: resuming from %s at %s", task.name, last, where)
+    if main:  # the log holds exactly the epochs of the state: a kill after an append and before the save left one more
+        _write_metrics(run_dir / "metrics.jsonl", history)
 
     def save(epoch_done: int, part: dict[str, Any] | None = None) -> None:
         if not main:
@@ -240,6 +249,16 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
     elif distributed.is_distributed():
         distributed.broadcast_object((best, best_epoch, history))
     return FitResult(best, best_epoch, len(history), time.perf_counter() - t_start, history)
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl with the epochs of ``history`` (atomically; none: remove it)."""
+    if not history:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    os.replace(tmp, path)
 
 
 def logged_seconds(stage_dir: Path) -> float | None:

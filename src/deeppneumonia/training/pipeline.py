@@ -32,9 +32,9 @@ from deeppneumonia.data.splits import Split, patient_split
 from deeppneumonia.errors import ConfigError, DataError
 from deeppneumonia.evaluation.metrics import image_and_study_metrics, to_jsonable
 from deeppneumonia.inference.split import predict_split
-from deeppneumonia.models.checkpoint import load_weights, save_weights, write_json
+from deeppneumonia.models.checkpoint import load_weights, remove_stale_temps, save_weights, write_json
 from deeppneumonia.runtime import distributed
-from deeppneumonia.runtime.device import Runtime, resolve_runtime, seed_everything
+from deeppneumonia.runtime.device import Runtime, check_device, resolve_runtime, seed_everything
 from deeppneumonia.training.loop import FitResult, Task, fit, logged_seconds
 from deeppneumonia.training.simclr import SimCLRTask
 from deeppneumonia.transforms.preprocessing import Preprocessing
@@ -63,6 +63,7 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     the others wait, then every process opens the same memory-mapped file.
     """
     distributed.setup(cfg.run.device)
+    check_device(distributed.device_for(cfg.run.device))  # a missing GPU is said now, not after an epoch
     d = cfg.data
     manifest = load_source(resolve_data_path(d.path), d.source, strict=d.strict, classes=d.classes,
                            patient_regex=d.patient_regex)
@@ -73,10 +74,45 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
         log.warning("%d row(s)/file(s) skipped while reading %s; `deeppneumonia data inspect` lists them",
                     len(skipped), d.path)
     split = patient_split(manifest, d.val_fraction, d.test_fraction, d.split_seed)
+    check_training_data(manifest, split, d.path)
     with distributed.main_first(local=True):
         cache = build_cache(manifest, d.size, d.cache_dir, d.resize, progress=progress and distributed.is_main())
     return PreparedData(manifest, cache, split, CachedSplit(cache, split.train), CachedSplit(cache, split.val),
                         CachedSplit(cache, split.test))
+
+
+def check_training_data(manifest: Manifest, split: Split, where: str) -> None:
+    """The one check of a data set's classes and parts before training: DataError saying what is degenerate.
+
+    Multi-class: at least two classes, each with at least one image (an empty class folder is named).
+    Multi-label: at least one finding with a positive image (findings without one are warned about).
+    Training and validation parts must both hold images.
+    """
+    counts = manifest.class_counts()
+    if manifest.task == "multiclass":
+        if len(manifest.classes) < 2:
+            raise DataError(f"{where}: one class only ({list(manifest.classes)}, {len(manifest)} images): a classifier "
+                            "needs at least two classes")
+        empty = [c for c, n in counts.items() if n == 0]
+        if empty:
+            raise DataError(f"{where}: class(es) {empty} have no usable image (an empty class folder, or every file "
+                            f"of it skipped); images per class: {counts}. Add images or remove the class")
+    else:
+        if not any(counts.values()):
+            raise DataError(f"{where}: no finding has a positive image: nothing to learn ({counts})")
+        empty = [c for c, n in counts.items() if n == 0]
+        if empty:
+            log.warning("%s: finding(s) %s have no positive image; their metrics will be undefined", where, empty)
+    for part in ("train", "val"):
+        if len(getattr(split, part)) == 0:
+            raise DataError(f"{where}: the patient split leaves no {part} images ({len(manifest)} images of "
+                            f"{len(set(manifest.patients()))} patients); add data or change data.val_fraction / "
+                            "data.test_fraction")
+    if manifest.task == "multiclass":
+        present = set(manifest.label_indices()[split.train].tolist())
+        missing = [c for i, c in enumerate(manifest.classes) if i not in present]
+        if missing:
+            log.warning("%s: class(es) %s have no image in the training part (too few patients)", where, missing)
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
@@ -98,7 +134,14 @@ def open_run(cfg: Config) -> Path:
     distributed.setup(cfg.run.device)
     run_dir = Path(cfg.run.out_dir).expanduser()
     with distributed.main_first(local=False):
-        _check_or_write_config(cfg, run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"run.out_dir={run_dir}: is a file, not a folder; choose another run.out_dir")
+        try:
+            _check_or_write_config(cfg, run_dir)
+        except OSError as exc:  # below a file, under /proc, read-only, no space
+            raise ConfigError(f"run.out_dir={run_dir}: cannot write the run folder: {exc}") from exc
+        if distributed.is_main():
+            remove_stale_temps(run_dir)
     return run_dir
 
 
@@ -209,12 +252,10 @@ def build_task(cfg: Config, data: PreparedData, rt: Runtime, encoder: dict[str, 
 
 def load_model(path: Path, rt: Runtime) -> tuple[torch.nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
     """A saved ``model.safetensors`` rebuilt for ``rt``: the model, its metadata and its state dict."""
-    from deeppneumonia.models.factory import build_classifier
+    from deeppneumonia.models.factory import load_classifier
 
-    state, meta = load_weights(path)
-    model = build_classifier(len(meta["classes"]), meta["arch"]).to(rt.device).to(memory_format=rt.memory_format)
-    model.load_state_dict(state)
-    return model, meta, state
+    model, meta, state = load_classifier(path)
+    return model.to(rt.device).to(memory_format=rt.memory_format), meta, state
 
 
 def store_thresholds(cfg: Config, data: PreparedData, rt: Runtime, path: Path) -> None:

@@ -6,25 +6,34 @@ Sequence), then the VOI LUT or the window (WindowCenter/WindowWidth) mapped onto
 scale when the file has neither; MONOCHROME1 is inverted (pydicom does not do that). Colour DICOM becomes
 luminance divided by ``2**BitsStored - 1``. A compressed transfer syntax whose decoder plugin is missing is
 an :class:`~deeppneumonia.errors.UnsupportedTransferSyntaxError` that names the package to install.
+
+Decompression-bomb guards, all checked before a pixel is decoded: the Rows/Columns of the header; the
+dimensions in the header of the compressed image inside the file (the SOF marker of a JPEG or JPEG-LS
+codestream, the SIZ marker of a JPEG 2000 one: above the limits, or different from Rows/Columns, is
+refused); and for the deflated transfer syntax the inflated size, bounded by streaming the inflation with
+a cap (the header plus the pixel data that Rows, Columns, samples, bits and frames announce).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deeppneumonia.data.readers.types import LUMA, DecodedImage, ImageInfo, check_dims
-from deeppneumonia.errors import ImageReadError, UnsupportedTransferSyntaxError
+from deeppneumonia.errors import ImageReadError, ImageTooLargeError, UnsupportedTransferSyntaxError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["decode_dicom", "dicom_info", "import_pydicom"]
+__all__ = ["check_deflated", "decode_dicom", "dicom_info", "import_pydicom"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,171 @@ _GENERIC_HINT = (
 )
 
 
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+_JPEG_LS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+_J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
+                 "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+# JPEG start-of-frame markers (C0-CF less DHT C4, JPG C8, DAC CC) and JPEG-LS's SOF55 (F7): height, width follow.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"}
+_HEADER_LIMIT = 64 * 2**20  # inflated bytes before the pixel data: far above any real header
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+
+
+def _meta_transfer_syntax(data: bytes) -> tuple[int, str | None]:
+    """(offset where the dataset starts, TransferSyntaxUID) from the file meta group (group 0002)."""
+    pos = 132 if data[128:132] == b"DICM" else 0
+    ts = None
+    while pos + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        if data[pos + 4:pos + 6] in _LONG_VRS:
+            (length,), head = struct.unpack_from("<I", data, pos + 8), 12
+        else:
+            (length,), head = struct.unpack_from("<H", data, pos + 6), 8
+        if element == 0x0010:
+            ts = data[pos + head:pos + head + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos += head + length
+    return pos, ts
+
+
+def check_deflated(source: bytes | Path, name: str, max_pixels: int, max_side: int) -> None:
+    """Deflated transfer syntax: inflate in a stream with a cap before pydicom inflates it all; else nothing.
+
+    The cap is the header (at most 64 MiB) plus the pixel data that the header announces (Rows x Columns x
+    samples x bytes per sample x frames) plus 1 MiB; Rows/Columns are checked against the limits first.
+    """
+    if isinstance(source, Path):
+        with source.open("rb") as fh:
+            head = fh.read(4096)
+        if _meta_transfer_syntax(head)[1] != _DEFLATED:
+            return
+        source = source.read_bytes()
+    start, ts = _meta_transfer_syntax(source)
+    if ts != _DEFLATED:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending = memoryview(source)[start:]
+    header = bytearray()
+    limit, total = _HEADER_LIMIT, 0
+    try:
+        while True:
+            chunk = inflater.decompress(pending, 2**20)
+            pending = memoryview(inflater.unconsumed_tail)
+            total += len(chunk)
+            if limit == _HEADER_LIMIT:
+                header += chunk
+                at = header.find(_PIXEL_DATA_TAG)
+                if at >= 0:
+                    limit = at + 12 + _announced_pixel_bytes(bytes(header[:at]), name, max_pixels, max_side) + 2**20
+                    header = bytearray()
+            if total > limit:
+                what = ("a header above 64 MiB" if limit == _HEADER_LIMIT
+                        else f"more than the {limit} bytes its header announces")
+                raise ImageTooLargeError(f"{name}: deflated DICOM data inflates to {what}; refusing to inflate it "
+                                         "(decompression-bomb guard)")
+            if not pending or inflater.eof:
+                break
+    except zlib.error as exc:
+        raise ImageReadError(f"{name}: corrupt deflated DICOM data: {exc}") from exc
+
+
+def _announced_pixel_bytes(header: bytes, name: str, max_pixels: int, max_side: int) -> int:
+    """Bytes of pixel data that a (deflated) dataset header announces; its dimensions checked against the limits."""
+    from pydicom.filereader import read_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = read_dataset(io.BytesIO(header), is_implicit_VR=False, is_little_endian=True)
+        info = dicom_info(ds, name)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.get("BitsAllocated") or 8)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"{name}: corrupt deflated DICOM header: {exc}") from exc
+    check_dims(info, name, max_pixels, max_side)
+    if frames < 1 or info.width * info.height * frames > 16 * max_pixels:
+        raise ImageTooLargeError(f"{name}: {frames} frames of {info.width}x{info.height} pixels: above the limit "
+                                 f"of {16 * max_pixels} pixels in all; refusing to inflate it")
+    return info.width * info.height * max(1, info.channels) * frames * max(1, (bits + 7) // 8)
+
+
+def _first_fragment(pixel_data: bytes) -> bytes | None:
+    """The first fragment of encapsulated pixel data (after the Basic Offset Table item), or None."""
+    pos, item = 0, 0
+    while pos + 8 <= len(pixel_data):
+        if pixel_data[pos:pos + 4] != b"\xfe\xff\x00\xe0":  # (FFFE,E000) item
+            return None
+        (length,) = struct.unpack_from("<I", pixel_data, pos + 4)
+        if item == 1:
+            return pixel_data[pos + 8:pos + 8 + length]
+        pos += 8 + length
+        item += 1
+    return None
+
+
+def _jpeg_dims(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the SOF (or JPEG-LS SOF55) marker of a JPEG codestream, or None."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if marker in _SOF_MARKERS:
+            if pos + 9 > len(data):
+                return None
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        if marker == 0xDA:  # a scan before any frame header
+            return None
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        pos += 2 + length
+    return None
+
+
+def _j2k_dims(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the SIZ marker of a JPEG 2000 codestream (also inside a JP2 file), or None."""
+    at = data.find(b"\xff\x4f\xff\x51", 0, 65536)
+    if at < 0 or at + 28 > len(data):
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", data, at + 8)
+    return xsiz - xosiz, ysiz - yosiz
+
+
+def _check_codestream(ds: Dataset, ts: Any, info: ImageInfo, name: str, max_pixels: int, max_side: int) -> None:
+    """The dimensions in the embedded JPEG / JPEG-LS / JPEG 2000 header: within the limits and equal to Rows/Columns."""
+    uid = str(ts)
+    if uid in _JPEG_SYNTAXES or uid in _JPEG_LS_SYNTAXES:
+        kind, dims_of = ("JPEG-LS" if uid in _JPEG_LS_SYNTAXES else "JPEG"), _jpeg_dims
+    elif uid in _J2K_SYNTAXES:
+        kind, dims_of = "JPEG 2000", _j2k_dims
+    else:
+        return
+    fragment = _first_fragment(bytes(ds.PixelData))
+    dims = dims_of(fragment) if fragment is not None else None
+    if dims is None:
+        raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_ts_label(ts)}): the first fragment holds no "
+                             f"readable {kind} header")
+    width, height = dims
+    check_dims(ImageInfo(kind, width, height, info.channels, info.bit_depth), f"{name} (embedded {kind} image)",
+               max_pixels, max_side)
+    if (width, height) != (info.width, info.height):
+        raise ImageReadError(f"{name}: the embedded {kind} image is {width}x{height} but the DICOM header says "
+                             f"{info.width}x{info.height} (Columns x Rows); refusing to decode it")
 
 
 def import_pydicom(name: str) -> Any:
@@ -146,6 +320,7 @@ def _dicom_lut_functions() -> tuple[Callable[..., np.ndarray], Callable[..., np.
 
 def decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int) -> DecodedImage:
     pydicom = import_pydicom(name)
+    check_deflated(data, name, max_pixels, max_side)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
@@ -158,7 +333,7 @@ def decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int) -> Deco
             )
         info = dicom_info(ds, name)
         check_dims(info, name, max_pixels, max_side)
-        frame = _dicom_frame0(ds, name)
+        frame = _dicom_frame0(ds, name, info, max_pixels, max_side)
         pixels = _dicom_to_grey(frame, ds, name)
     except (ImageReadError, MemoryError):
         raise
@@ -167,9 +342,10 @@ def decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int) -> Deco
     return DecodedImage(pixels=pixels, info=info)
 
 
-def _dicom_frame0(ds: Dataset, name: str) -> np.ndarray:
+def _dicom_frame0(ds: Dataset, name: str, info: ImageInfo, max_pixels: int, max_side: int) -> np.ndarray:
     ts = _ensure_transfer_syntax(ds)
     checked = _check_decoder(ts, name)
+    _check_codestream(ds, ts, info, name, max_pixels, max_side)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if n_frames > 1:
         logger.warning("%s: multi-frame DICOM (%d frames): using frame 0 only", name, n_frames)

@@ -13,10 +13,11 @@ from deeppneumonia.data.sources.folder import is_folder_layout, load_folder
 from deeppneumonia.data.sources.generic_csv import load_generic_csv
 from deeppneumonia.data.sources.nih import is_nih, load_nih
 from deeppneumonia.data.sources.siim import is_siim, load_siim
+from deeppneumonia.data.sources.single import load_single_image
 from deeppneumonia.errors import DataError
 
-SourceKind = Literal["auto", "siim", "folder", "covid_cxr", "nih", "nih_binary", "csv"]
-SOURCE_KINDS: tuple[str, ...] = ("auto", "siim", "folder", "covid_cxr", "nih", "nih_binary", "csv")
+SourceKind = Literal["auto", "siim", "folder", "covid_cxr", "nih", "nih_binary", "csv", "image"]
+SOURCE_KINDS: tuple[str, ...] = ("auto", "siim", "folder", "covid_cxr", "nih", "nih_binary", "csv", "image")
 
 
 def resolve_data_path(path: str) -> Path:
@@ -33,8 +34,19 @@ def detect_source(path: Path) -> str:
     """Which layout a path holds; raises DataError saying what was looked for when none matches."""
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv"
+    if path.is_file():
+        from deeppneumonia.data.imageio import detect_format
+        from deeppneumonia.errors import ImageReadError
+
+        try:
+            detect_format(path)
+        except ImageReadError as exc:
+            raise DataError(f"{path}: a file that is neither a CSV (.csv) nor a readable image ({exc})") from exc
+        return "image"
+    if not path.exists():
+        raise DataError(f"{path}: not found (expected a data folder, a CSV file or an image)")
     if not path.is_dir():
-        raise DataError(f"{path}: not found (expected a data folder or a CSV file)")
+        raise DataError(f"{path}: not a folder, a CSV file or an image")
     for kind, test in (("siim", is_siim), ("nih", is_nih), ("covid_cxr", is_covid_cxr),
                        ("folder", is_folder_layout)):
         if test(path):
@@ -54,6 +66,8 @@ def load_source(path: str | Path, kind: str = "auto", *, strict: bool = False,
         raise DataError(f"unknown source kind {kind!r}; choose one of {SOURCE_KINDS}")
     if kind == "auto":
         kind = detect_source(path)
+    if kind == "image":
+        return load_single_image(path, ProblemLog(strict))
     if kind != "csv" and path.is_file():
         raise DataError(f"{path} is a file, but source {kind!r} reads a folder; for a CSV use source 'csv' or 'auto' "
                         "(data.source=auto)")

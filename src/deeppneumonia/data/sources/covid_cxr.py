@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deeppneumonia.data.manifest import Manifest, ProblemLog, Record, one_hot
-from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv, safe_child
+from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv, read_header, safe_child
 
 FRONTAL_VIEWS = {"pa", "ap", "ap supine", "ap semi erect", "ap erect"}
 UNUSABLE_FINDINGS = {"", "todo", "unknown", "nan"}
@@ -21,15 +21,14 @@ def is_covid_cxr(root: Path) -> bool:
     meta = root / "metadata.csv"
     if not meta.is_file():
         return False
-    with meta.open(encoding="utf-8-sig") as fh:
-        header = fh.readline()
+    header = read_header(meta)
     return "finding" in header and "filename" in header
 
 
 def load_covid_cxr(root: Path, plog: ProblemLog) -> Manifest:
     meta = root / "metadata.csv"
     rows = []
-    for row_no, row in read_csv(meta, ["patientid", "finding", "view", "modality", "filename"]):
+    for row_no, row in read_csv(meta, ["patientid", "finding", "view", "modality", "filename"], plog):
         if row["modality"].lower() != "x-ray":
             plog.add("filtered", f"modality {row['modality']!r} is not X-ray", meta, row_no, "warning")
             continue
@@ -40,8 +39,8 @@ def load_covid_cxr(root: Path, plog: ProblemLog) -> Manifest:
         if finding.lower() in UNUSABLE_FINDINGS:
             plog.add("unusable_label", f"finding {row['finding']!r} is not a usable label", meta, row_no)
             continue
-        folder = row.get("folder") or "images"
-        path = safe_child(root / folder, row["filename"], plog, meta, row_no)
+        folder = safe_child(root, row.get("folder") or "images", plog, meta, row_no)  # the same check as filename
+        path = None if folder is None else safe_child(folder, row["filename"], plog, meta, row_no)
         if path is None:
             continue
         info = probe(path, plog, meta, row_no)

@@ -28,7 +28,13 @@ def is_folder_layout(root: Path) -> bool:
         return False
     if all(d.name.lower() in SPLIT_NAMES for d in dirs):
         return any(is_folder_layout(d) for d in dirs)
-    return any(f.suffix.lower() in IMAGE_SUFFIXES for d in dirs for f in d.iterdir())
+    def images_in(d: Path) -> bool:
+        try:
+            return any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir())
+        except OSError:  # an unreadable folder is reported when the data set is read
+            return False
+
+    return any(images_in(d) for d in dirs)
 
 
 def load_folder(root: Path, plog: ProblemLog, patient_regex: str | None = None) -> Manifest:
@@ -40,7 +46,13 @@ def load_folder(root: Path, plog: ProblemLog, patient_regex: str | None = None) 
     unmatched = 0
     for split in split_dirs:
         for cdir in _class_dirs(split):
-            for path in sorted(cdir.iterdir()):
+            before = len(records)
+            try:
+                entries = sorted(cdir.iterdir())
+            except OSError as exc:
+                plog.add("unreadable_folder", f"cannot list class folder {cdir.name!r}: {exc}", cdir, None)
+                continue
+            for path in entries:
                 if path.is_dir() or path.name.startswith("."):
                     continue
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -57,6 +69,8 @@ def load_folder(root: Path, plog: ProblemLog, patient_regex: str | None = None) 
                 rel = path.relative_to(root).as_posix()
                 records.append(Record(rel, path, patient, rel, one_hot(classes.index(cdir.name), len(classes)),
                                       (), info.width, info.height, str(path), None))
+            if len(records) == before:
+                plog.add("empty_class", f"class folder {cdir.name!r} holds no usable image", cdir, None, "warning")
     if unmatched:
         plog.add("no_patient_id", f"{unmatched} image name(s) match no patient pattern: each is treated as its "
                  "own patient (pass a patient regex to group them)", root, None, "warning")

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deeppneumonia.data.manifest import Box, Manifest, ProblemLog, Record, Task, one_hot, validate_box
-from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv, safe_child
+from deeppneumonia.data.sources._common import drop_duplicates, open_csv, probe, safe_child
+from deeppneumonia.errors import DataError
 
 
 def _parse_boxes(text: str) -> list[Box]:
@@ -44,8 +45,9 @@ def _cell_value(text: str) -> float:
 
 def load_generic_csv(csv_path: Path, plog: ProblemLog, classes: Sequence[str] | None = None) -> Manifest:
     root = csv_path.parent
-    with csv_path.open(encoding="utf-8-sig") as fh:
-        header = fh.readline().strip().split(",")
+    header, csv_rows = open_csv(csv_path, plog)
+    if "path" not in header:
+        raise DataError(f"{csv_path}: missing column(s) ['path']; the header has {header}")
     per_class_columns = classes is not None and all(c in header for c in classes)
     task: Task
     if per_class_columns:
@@ -55,10 +57,10 @@ def load_generic_csv(csv_path: Path, plog: ProblemLog, classes: Sequence[str] | 
     elif "labels" in header:
         task = "multilabel"
     else:
-        read_csv(csv_path, ["path", "label"]).__next__()  # raises the missing-column error
-        raise AssertionError("unreachable")
+        raise DataError(f"{csv_path}: missing column(s) ['label'] (or 'labels', or one column per class of "
+                        f"data.classes); the header has {header}")
     rows = []
-    for row_no, row in read_csv(csv_path, ["path"]):
+    for row_no, row in csv_rows:
         if task == "multiclass":
             names = [row["label"]] if row["label"] else []
             if not names:
@@ -96,7 +98,7 @@ def load_generic_csv(csv_path: Path, plog: ProblemLog, classes: Sequence[str] | 
             continue
         try:
             raw_boxes = _parse_boxes(row.get("boxes", ""))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             plog.add("bad_box", f"cannot parse boxes {row.get('boxes', '')[:80]!r}: {exc}; image kept without "
                      "boxes", csv_path, row_no, "warning")
             raw_boxes = []

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from deeppneumonia.data.manifest import Box, Manifest, ProblemLog, Record, one_hot, validate_box
-from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv, safe_child
+from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv, read_header, safe_child
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
             "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
@@ -39,8 +39,7 @@ def is_nih(root: Path) -> bool:
     labels = _first(root, LABEL_FILES)
     if not labels.is_file():
         return False
-    with labels.open(encoding="utf-8-sig") as fh:
-        return "Finding Labels" in fh.readline()
+    return "Finding Labels" in read_header(labels)
 
 
 def load_nih(root: Path, plog: ProblemLog, mode: Literal["multilabel", "binary"] = "multilabel",
@@ -50,7 +49,7 @@ def load_nih(root: Path, plog: ProblemLog, mode: Literal["multilabel", "binary"]
     if boxes_csv.is_file():
         official = boxes_csv.name == "BBox_List_2017.csv"
         cols = OFFICIAL_BOX_COLUMNS if official else {k: k for k in "xywh"}
-        for row_no, row in read_csv(boxes_csv, ["Image Index", "Finding Label", *cols.values()]):
+        for row_no, row in read_csv(boxes_csv, ["Image Index", "Finding Label", *cols.values()], plog):
             row = {**row, **{k: row[c] for k, c in cols.items()}}
             try:
                 b = Box(float(row["x"]), float(row["y"]), float(row["w"]), float(row["h"]), row["Finding Label"])
@@ -61,7 +60,7 @@ def load_nih(root: Path, plog: ProblemLog, mode: Literal["multilabel", "binary"]
             boxes[row["Image Index"]].append((row_no, b))
     classes = FINDINGS if mode == "multilabel" else (NO_FINDING, "Finding")
     records = []
-    for row_no, row in read_csv(labels_csv, ["Image Index", "Finding Labels", "Patient ID"]):
+    for row_no, row in read_csv(labels_csv, ["Image Index", "Finding Labels", "Patient ID"], plog):
         image_id = row["Image Index"]
         names = [n.strip() for n in row["Finding Labels"].split("|") if n.strip()]
         unknown = [n for n in names if n not in FINDINGS and n != NO_FINDING]

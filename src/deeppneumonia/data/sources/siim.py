@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 from deeppneumonia.data.manifest import Box, Manifest, ProblemLog, Record, one_hot, validate_box
-from deeppneumonia.data.sources._common import drop_duplicates, probe, read_csv
+from deeppneumonia.data.sources._common import drop_duplicates, number, probe, read_csv
 
 CLASSES = ("Negative for Pneumonia", "Typical Appearance", "Indeterminate Appearance", "Atypical Appearance")
 
@@ -35,12 +35,12 @@ def load_siim(root: Path, plog: ProblemLog, image_dir: str = "images") -> Manife
     study_csv, image_csv, meta_csv = (root / n for n in
                                       ("train_study_level.csv", "train_image_level.csv", "image_meta.csv"))
     study_label: dict[str, int] = {}
-    for row_no, row in read_csv(study_csv, ["id", *CLASSES]):
+    for row_no, row in read_csv(study_csv, ["id", *CLASSES], plog):
         sid = row["id"].removesuffix("_study")
         try:
-            values = [int(float(row[c])) for c in CLASSES]
-        except ValueError:
-            plog.add("bad_label", f"one-hot values {[row[c] for c in CLASSES]} are not numbers", study_csv, row_no)
+            values = [int(number(row[c], f"one-hot value of {c!r}")) for c in CLASSES]
+        except ValueError as exc:
+            plog.add("bad_label", f"one-hot values {[row[c] for c in CLASSES]}: {exc}", study_csv, row_no)
             continue
         if sorted(values) != [0] * (len(CLASSES) - 1) + [1]:
             plog.add("bad_label", f"study {sid} must have exactly one class set to 1, got {values}",
@@ -50,15 +50,15 @@ def load_siim(root: Path, plog: ProblemLog, image_dir: str = "images") -> Manife
 
     meta: dict[str, tuple[str, float, float]] = {}
     if meta_csv.is_file():
-        for row_no, row in read_csv(meta_csv, ["image_id", "patient_id", "original_width", "original_height"]):
+        for row_no, row in read_csv(meta_csv, ["image_id", "patient_id", "original_width", "original_height"], plog):
             try:
-                meta[row["image_id"]] = (row["patient_id"], float(row["original_width"]),
-                                         float(row["original_height"]))
-            except ValueError:
-                plog.add("bad_meta", "original_width/height are not numbers", meta_csv, row_no)
+                meta[row["image_id"]] = (row["patient_id"], number(row["original_width"], "original_width", positive=True),
+                                         number(row["original_height"], "original_height", positive=True))
+            except ValueError as exc:
+                plog.add("bad_meta", f"{exc} (the original size scales the boxes)", meta_csv, row_no)
 
     records: list[Record] = []
-    for row_no, row in read_csv(image_csv, ["id", "boxes", "StudyInstanceUID"]):
+    for row_no, row in read_csv(image_csv, ["id", "boxes", "StudyInstanceUID"], plog):
         image_id = row["id"].removesuffix("_image")
         study = row["StudyInstanceUID"]
         if study not in study_label:
@@ -76,7 +76,7 @@ def load_siim(root: Path, plog: ProblemLog, image_dir: str = "images") -> Manife
             continue
         try:
             raw = _parse_boxes(row["boxes"])
-        except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+        except (ValueError, SyntaxError, KeyError, TypeError, RecursionError, MemoryError) as exc:
             plog.add("bad_box", f"cannot parse boxes {row['boxes'][:80]!r}: {exc}; image kept without boxes",
                      image_csv, row_no, "warning")
             raw = []
