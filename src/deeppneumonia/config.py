@@ -326,8 +326,11 @@ def validate(cfg: Config) -> Config:
     for name, a in (("pretrain.augment", cfg.pretrain.augment), ("train.augment", cfg.train.augment)):
         lo, hi = a.crop_scale
         need(0 < lo <= hi <= 1, f"{name}.crop_scale", a.crop_scale, "must be [low, high] with 0 < low <= high <= 1")
-        lo, hi = a.blur_sigma
-        need(0 < lo <= hi, f"{name}.blur_sigma", a.blur_sigma, "must be [low, high] with 0 < low <= high")
+        if a.blur_sigma is not None:
+            lo, hi = a.blur_sigma
+            need(0 < lo <= hi, f"{name}.blur_sigma", a.blur_sigma, "must be [low, high] with 0 < low <= high")
+        lo, hi = a.blur_sigma_rel
+        need(0 < lo <= hi, f"{name}.blur_sigma_rel", a.blur_sigma_rel, "must be [low, high] with 0 < low <= high")
         need(0 <= a.blur_prob <= 1, f"{name}.blur_prob", a.blur_prob, "must be in [0, 1]")
         for key in ("rotate_deg", "brightness", "contrast", "gamma", "noise_std"):
             need(getattr(a, key) >= 0, f"{name}.{key}", getattr(a, key), "must be >= 0")
@@ -335,12 +338,13 @@ def validate(cfg: Config) -> Config:
     need(p.temperature > 0, "pretrain.temperature", p.temperature, "must be > 0")
     need(p.proj_hidden >= 1, "pretrain.proj_hidden", p.proj_hidden, "must be at least 1")
     need(p.proj_dim >= 1, "pretrain.proj_dim", p.proj_dim, "must be at least 1")
-    need(p.knn_k >= 1, "pretrain.knn_k", p.knn_k, "must be at least 1")
+    need(p.knn_k >= 0, "pretrain.knn_k", p.knn_k, "must be >= 0 (0 = no kNN probe)")
     t = cfg.train
     m = t.mgacr
     need(set(m.layers) <= {1, 2, 3, 4}, "train.mgacr.layers", m.layers, "must be among 1, 2, 3, 4")
     need(m.weight_attention >= 0, "train.mgacr.weight_attention", m.weight_attention, "must be >= 0")
     need(m.weight_feature >= 0, "train.mgacr.weight_feature", m.weight_feature, "must be >= 0")
+    need(m.grad_norm_steps >= 0, "train.mgacr.grad_norm_steps", m.grad_norm_steps, "must be >= 0 (0 = off)")
     need(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "train.mgacr.kernel_size", m.kernel_size,
          "must be odd and at least 1")
     need(0 <= t.loss.beta < 1, "train.loss.beta", t.loss.beta, "must be in [0, 1)")
