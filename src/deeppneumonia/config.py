@@ -61,8 +61,12 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = True
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = 1.0
+    schedule: Literal["cosine", "step", "constant", "onecycle"] = "cosine"
+    warmup_epochs: float = 1.0  # linear warm-up (cosine, step, constant); onecycle uses onecycle_warmup instead
+    # onecycle (as torch's OneCycleLR without momentum cycling): cosine rise from lr * onecycle_start to the
+    # peak `lr` over the first onecycle_warmup of all steps, then cosine decay to lr * onecycle_start / 1e4
+    onecycle_warmup: float = 0.3
+    onecycle_start: float = 0.04
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class LossConfig:
     kind: Literal["ce", "cb_focal"] = "cb_focal"  # Eq. 9; "ce" = plain cross-entropy
     beta: float = 0.999
     gamma: float = 2.0
+    label_smoothing: float = 0.0  # target = (1 - e) one-hot + e / C, inside the (focal) loss; 0 = off
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,9 @@ class TrainConfig:
     keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
     threshold_method: Literal["youden", "sensitivity"] = "youden"  # per-class operating points on validation
     target_sensitivity: float = 0.9  # for threshold_method=sensitivity
+    # EMA of the weights (and BN statistics), used for validation and the saved model; 0 = off. The decay
+    # of step t is min(ema_decay, (1 + t) / (10 + t)), so a short run is not dominated by the initial weights.
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,8 @@ class RunConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it
     channels_last: bool = True
     compile: bool = False
+    deterministic: bool = False  # CUDA: deterministic algorithms and no cudnn.benchmark (resume then computes
+    # exactly what an uninterrupted run would, as on CPU); false = cudnn.benchmark picks the fastest kernels
     data_on_device: Literal["auto", "always", "never"] = "auto"  # keep the training images on the GPU (auto: if
     # they take under a quarter of its free memory); batches are then gathered and augmented there
     sync_bn: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)

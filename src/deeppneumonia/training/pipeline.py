@@ -136,7 +136,7 @@ def place_data(cfg: Config, data: PreparedData, rt: Runtime) -> None:
 def runtime_for(cfg: Config) -> Runtime:
     """The device, precision and memory format of ``cfg.run`` (this process's GPU under torchrun)."""
     r = cfg.run
-    return resolve_runtime(distributed.device_for(r.device), r.precision, r.channels_last, r.threads)
+    return resolve_runtime(distributed.device_for(r.device), r.precision, r.channels_last, r.threads, r.deterministic)
 
 
 def extra_pretrain_data(cfg: Config, data: PreparedData) -> list[CachedSplit]:
