@@ -76,10 +76,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     configure_backends(dev, deterministic)
     dtype: torch.dtype | None
     if precision == "auto":
-        if dev.type == "cuda":
-            dtype = cuda_autocast_dtype(dev)
-        else:
-            dtype = torch.bfloat16 if cpu_has_bf16() else None
+        dtype = cuda_autocast_dtype(dev) if dev.type == "cuda" else torch.bfloat16 if cpu_has_bf16() else None
     else:
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dev.type == "cpu" and dtype == torch.float16:

@@ -190,7 +190,7 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
     place_data(cfg, data, rt)
     task = build_task(cfg, data, rt, encoder)
     result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress,
-                 cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile)
+                 cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile, cfg.train.ema_decay)
     out: dict[str, Any] = {}
     if distributed.is_main():  # one process writes thresholds and test metrics; the others receive them
         store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")
