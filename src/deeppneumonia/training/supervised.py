@@ -73,7 +73,8 @@ class SupervisedTask:
         beta, gamma = (lc.beta, lc.gamma) if lc.kind == "cb_focal" else (0.0, 0.0)  # (0, 0) = cross-entropy
         self.counts = train.class_counts()
         self.cls_loss = ClassBalancedFocalLoss(self.counts, beta=beta, gamma=gamma,
-                                               mode="sigmoid" if self.multilabel else "softmax").to(rt.device)
+                                               mode="sigmoid" if self.multilabel else "softmax",
+                                               label_smoothing=lc.label_smoothing).to(rt.device)
         self.mgacr_loss = MGACRLoss()
         self.batch_size = min(self.tcfg.optim.batch_size, len(train))
         self.images_per_batch = self.batch_size
