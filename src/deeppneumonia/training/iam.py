@@ -175,7 +175,7 @@ class IAMTask:
 
     # --- one step -------------------------------------------------------------------------------------------
     def _target(self, batch: Batch) -> Tensor:
-        t = batch.target.to(self.rt.device)
+        t = batch.target.to(self.rt.device, non_blocking=True)
         return t if self.multilabel else t.argmax(1)
 
     @torch.no_grad()

@@ -118,8 +118,14 @@ def _check_or_write_config(cfg: Config, run_dir: Path) -> None:
 
 
 def place_data(cfg: Config, data: PreparedData, rt: Runtime) -> None:
-    """The single-GPU fast path: keep the training split's uint8 images resident on the device when they fit."""
+    """The single-GPU fast path: keep the training split's uint8 images resident on the device when they fit.
+
+    On a GPU every split that is not resident gathers its batches into pinned memory (asynchronous copies).
+    """
     mode = cfg.run.data_on_device
+    if rt.device.type == "cuda":
+        for split in (data.train, data.val, data.test):
+            split.pin = split.resident is None
     if mode == "never" or rt.device.type == "cpu" or data.train.resident is not None:
         return
     need = data.train.nbytes()
@@ -130,6 +136,7 @@ def place_data(cfg: Config, data: PreparedData, rt: Runtime) -> None:
                      need / 2**20, rt.device)
             return
     data.train.keep_on(rt.device)
+    data.train.pin = False
     log.info("training images resident on %s (%.0f MB)", rt.device, need / 2**20)
 
 
@@ -166,6 +173,8 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     rt = runtime_for(cfg)
     place_data(cfg, data, rt)
     extra = extra_pretrain_data(cfg, data)
+    for part in extra:
+        part.pin = rt.device.type == "cuda"
     task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass", extra=extra)
     return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress,
                cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile)

@@ -98,7 +98,7 @@ class SupervisedTask:
                                   drop_last=True, shard=True)
 
     def _target(self, batch: Batch) -> Tensor:
-        t = batch.target.to(self.rt.device)
+        t = batch.target.to(self.rt.device, non_blocking=True)
         return t if self.multilabel else t.argmax(1)
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
@@ -113,7 +113,8 @@ class SupervisedTask:
         total = losses["cls"]
         if self.heads is not None and mask is not None:
             f, mp, mn = self.heads(feats)
-            parts = self.mgacr_loss(f, mp, mn, mask, batch.has_box.to(self.rt.device), use_attention=m.attention,
+            parts = self.mgacr_loss(f, mp, mn, mask, batch.has_box.to(self.rt.device, non_blocking=True),
+                                    use_attention=m.attention,
                                     use_feature=m.feature, no_box=m.no_box)
             losses.update(parts)
             total = total + m.weight_attention * (parts["att_pos"] + parts["att_neg"]) \
