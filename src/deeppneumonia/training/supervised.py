@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from deeppneumonia.config import Config
 from deeppneumonia.data.batches import Batch, CachedSplit
-from deeppneumonia.evaluation.metrics import scalar_metrics
+from deeppneumonia.evaluation.metrics import image_and_study_metrics, scalar_metrics
 from deeppneumonia.inference.split import predict_split
 from deeppneumonia.losses import ClassBalancedFocalLoss, MGACRLoss
 from deeppneumonia.models.attention import MGACRHeads
@@ -125,6 +125,11 @@ class SupervisedTask:
     def validate(self) -> dict[str, float]:
         probs = predict_split(self.model, self.val, self.rt, self.pre, self.multilabel)
         out = scalar_metrics(self.multilabel)(probs, self.val.targets.numpy())
+        records = self.val.cache.manifest.records
+        studies = [records[int(i)].study_id for i in self.val.indices]
+        if len(set(studies)) < len(studies):  # studies of several images: also the study level (study_map, ...)
+            both = image_and_study_metrics(probs, self.val.targets.numpy(), studies, self.multilabel)
+            out.update({k: float(v) for k, v in both.items() if k.startswith("study_")})
         if self.heads is not None:
             out.update(self.attention_diagnostics())
         return out
