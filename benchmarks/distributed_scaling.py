@@ -156,6 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", default="", help="also write the rows and the model-only rates to this file")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "dp-bench-cache"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -189,6 +190,8 @@ def main() -> None:
         print(f"| {r['world']} | {r['pretrain']:.1f} | {r['train']:.1f} | {r['pretrain'] / ref['pretrain']:.2f} | "
               f"{r['train'] / ref['train']:.2f} |")
     print(f"| model only (1 process, in-memory tensors) | {ref['pretrain']:.1f} | {ref['train']:.1f} | 1.00 | 1.00 |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "model_only": ref, "size": args.size, "batch": args.batch}))
 
 
 if __name__ == "__main__":
