@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import resnet18
 
+from deeppneumonia.errors import DeepPneumoniaError
 from deeppneumonia.models.checkpoint import load_state, load_weights
 from deeppneumonia.training.loop import WeightEMA, onecycle_factor
 from deeppneumonia.training.pipeline import run_train
@@ -102,3 +103,22 @@ def test_ema_resume_mid_epoch_equals_uninterrupted(tmp_path: Path, lesion_data: 
     if meta["epoch"] == 2:  # the best epoch was the last one: the saved weights are the final EMA
         for k, v in saved.items():
             assert torch.allclose(v.float(), a["ema"]["tensors"][f"model/{k}"].float(), atol=1e-6), k
+
+
+def test_non_finite_loss_stops_the_run_before_it_is_saved(tmp_path: Path, lesion_data: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    original = SupervisedTask.training_step
+    calls = {"n": 0}
+
+    def nan_step(self: SupervisedTask, batch, g):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        losses = original(self, batch, g)
+        if calls["n"] == 2:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(SupervisedTask, "training_step", nan_step)
+    with pytest.raises(DeepPneumoniaError, match="non-finite loss at epoch 1, between steps 2 and 2"):
+        run_train(tiny_config(tmp_path, lesion_data, "train.pretrained=false", "run.checkpoint_minutes=0"))
+    state = load_state(tmp_path / "run" / "train" / "last.pt")  # saved after step 1, never after the bad step
+    assert state["partial"]["step"] == 1

@@ -186,7 +186,7 @@ def _check_finite(name: str, bad: Tensor, due: bool, losses: dict[str, Tensor], 
     is_bad, is_due = (bool(v) for v in (flags > 0).tolist())
     if is_bad:
         raise DeepPneumoniaError(f"{name}: non-finite loss at epoch {epoch + 1}, between steps {checked + 1} and {n}"
-                                 f"; parts of step {n} {({k: float(v) for k, v in losses.items()})}. Lower the "
+                                 f"; parts of step {n} {({k: float(v.detach()) for k, v in losses.items()})}. Lower the "
                                  "learning rate or check the inputs.")
     return is_due
 
