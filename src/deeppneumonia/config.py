@@ -51,6 +51,9 @@ class AugmentConfig:
     blur_prob: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 1.5)
     noise_std: float = 0.0
+    # random shift crop (pad and crop back): translate by up to shift x the side in whole pixels, zero fill.
+    # crop_scale [1, 1] means no resized crop (and no aspect jitter); with rotate_deg 0 only the shift is left.
+    shift: float = 0.0
 
 
 @dataclass(frozen=True)

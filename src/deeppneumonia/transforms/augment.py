@@ -35,15 +35,22 @@ def to_device(t: Tensor, dev: torch.device) -> Tensor:
     return t.pin_memory().to(dev, non_blocking=True)
 
 
-def random_affine(n: int, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
-    """(n, 2, 3) sampling matrices for ``F.affine_grid`` (output -> input, normalised coordinates)."""
-    area = _uniform(n, cfg.crop_scale[0], cfg.crop_scale[1], g)
-    log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), g)
-    ratio = torch.exp(log_ratio)
-    sw = torch.sqrt(area * ratio).clamp(max=1.0)
-    sh = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sw)
-    cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - sh)
+def random_affine(n: int, cfg: AugmentConfig, g: torch.Generator, size: tuple[int, int] = (0, 0)) -> Tensor:
+    """(n, 2, 3) sampling matrices for ``F.affine_grid`` (output -> input, normalised coordinates).
+
+    ``size`` (H, W) turns ``cfg.shift`` into whole-pixel translations.
+    """
+    if tuple(cfg.crop_scale) == (1.0, 1.0):  # no resized crop
+        sw = sh = torch.ones(n)
+        cx = cy = torch.zeros(n)
+    else:
+        area = _uniform(n, cfg.crop_scale[0], cfg.crop_scale[1], g)
+        log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), g)
+        ratio = torch.exp(log_ratio)
+        sw = torch.sqrt(area * ratio).clamp(max=1.0)
+        sh = torch.sqrt(area / ratio).clamp(max=1.0)
+        cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sw)
+        cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - sh)
     ang = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, g) * math.pi / 180
     flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(n)
     cos, sin = torch.cos(ang), torch.sin(ang)
@@ -54,6 +61,10 @@ def random_affine(n: int, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
     theta[:, 1, 1] = cos * sh
     theta[:, 0, 2] = cx
     theta[:, 1, 2] = cy
+    if cfg.shift > 0 and min(size) > 0:  # whole pixels: 2 / side is one pixel in normalised coordinates
+        for axis, side in ((0, size[1]), (1, size[0])):
+            most = round(cfg.shift * side)
+            theta[:, axis, 2] += torch.randint(-most, most + 1, (n,), generator=g).float() * 2 / side
     return theta
 
 
@@ -71,7 +82,7 @@ def augment(images: Tensor, masks: Tensor | None, cfg: AugmentConfig, g: torch.G
     """
     n, dev = images.shape[0], images.device
     # the per-image draws, in a fixed order on the CPU generator, then one copy to the device
-    cols = [random_affine(n, cfg, g).reshape(n, 6)]
+    cols = [random_affine(n, cfg, g, (int(images.shape[-2]), int(images.shape[-1]))).reshape(n, 6)]
     ones, zeros = torch.ones(n), torch.zeros(n)
     cols.append(_uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, g) if cfg.contrast > 0 else ones)
     cols.append(_uniform(n, -cfg.brightness, cfg.brightness, g) * 0.5 if cfg.brightness > 0 else zeros)
