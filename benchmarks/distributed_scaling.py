@@ -10,6 +10,8 @@ path, no augmentation, no loss extras): the bar is the toolkit's 1-process rate 
     python benchmarks/distributed_scaling.py --size 224 --batch 256 --device cuda --procs 1   # one GPU
 
 Data: ``--data`` (default the shipped NIH sample, 200 images; pass ../shared/data/siim-covid19 for SIIM).
+``--compile`` compiles the networks (``run.compile``: each block, after SyncBatchNorm) in both the toolkit's
+step and the model-only reference; the warm-up steps then include the compilation.
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ def _time_steps(step, batches, opt, steps: int, warmup: int, sync) -> float:  # 
 def worker(args: argparse.Namespace) -> None:
     """One process of the torchrun job: time both stages, rank 0 prints a JSON line."""
     from deeppneumonia.runtime import distributed
+
+    result = measure(args)
+    if distributed.is_main():
+        print("RESULT " + json.dumps(result), flush=True)
+    distributed.cleanup()
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    """Both stages' training rates (images/s, global batch) in this process (one rank under torchrun)."""
+    from deeppneumonia.runtime import distributed
     from deeppneumonia.training.loop import _wrap
     from deeppneumonia.training.pipeline import place_data, prepare_data, runtime_for
     from deeppneumonia.training.simclr import SimCLRTask
@@ -73,7 +85,7 @@ def worker(args: argparse.Namespace) -> None:
         modules = task.modules()
         for mod in modules.values():
             mod.to(rt.device).to(memory_format=rt.memory_format).train()
-        step = _wrap(task, modules, rt, sync_bn=True)
+        step = _wrap(task, modules, rt, sync_bn=True, compile=args.compile)
         opt = torch.optim.SGD([p for mod in modules.values() for p in mod.parameters()], lr=1e-3, momentum=0.9)
 
         def forever(task=task):  # type: ignore[no-untyped-def]
@@ -85,9 +97,7 @@ def worker(args: argparse.Namespace) -> None:
         with rt.autocast():
             seconds = _time_steps(step, forever(), opt, args.steps, args.warmup, sync)
         result[stage] = args.steps * args.batch / seconds
-    if distributed.is_main():
-        print("RESULT " + json.dumps(result), flush=True)
-    distributed.cleanup()
+    return result
 
 
 def model_only(args: argparse.Namespace, per_process_batch: int) -> dict[str, float]:
@@ -96,7 +106,7 @@ def model_only(args: argparse.Namespace, per_process_batch: int) -> dict[str, fl
     from deeppneumonia.models.factory import build_classifier
     from deeppneumonia.models.projector import Projector
     from deeppneumonia.models.resnet import STAGE_CHANNELS
-    from deeppneumonia.runtime.device import resolve_runtime
+    from deeppneumonia.runtime.device import compile_blocks, resolve_runtime
 
     rt = resolve_runtime(args.device, args.precision, True)
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
@@ -106,6 +116,8 @@ def model_only(args: argparse.Namespace, per_process_batch: int) -> dict[str, fl
     out: dict[str, float] = {}
     for stage in ("pretrain", "train"):
         model = build_classifier(4, "resnet18").to(rt.device).to(memory_format=rt.memory_format).train()
+        if args.compile:
+            compile_blocks(model)
         if stage == "pretrain":
             model.fc = torch.nn.Identity()  # type: ignore[assignment]
             proj = Projector(STAGE_CHANNELS["resnet18"][-1], 512, 128).to(rt.device)
@@ -133,7 +145,7 @@ def model_only(args: argparse.Namespace, per_process_batch: int) -> dict[str, fl
     return out
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="sample:nih")
     p.add_argument("--size", type=int, default=64)
@@ -144,9 +156,14 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", default="", help="also write the rows and the model-only rates to this file")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "dp-bench-cache"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
         worker(args)
         return
@@ -173,6 +190,8 @@ def main() -> None:
         print(f"| {r['world']} | {r['pretrain']:.1f} | {r['train']:.1f} | {r['pretrain'] / ref['pretrain']:.2f} | "
               f"{r['train'] / ref['train']:.2f} |")
     print(f"| model only (1 process, in-memory tensors) | {ref['pretrain']:.1f} | {ref['train']:.1f} | 1.00 | 1.00 |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "model_only": ref, "size": args.size, "batch": args.batch}))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ class AugmentConfig:
     blur_sigma_rel: tuple[float, float] = (0.0005, 0.009)
     blur_sigma: tuple[float, float] | None = None  # the same in pixels (older presets); when set it wins over _rel
     noise_std: float = 0.0  # per-pixel Gaussian noise, intensity units (its effect shrinks as the size grows)
+    # random shift crop (pad and crop back): translate by up to shift x the side in whole pixels, zero fill.
+    # crop_scale [1, 1] means no resized crop (and no aspect jitter); with rotate_deg 0 only the shift is left.
+    shift: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,12 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = True
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = 1.0
+    schedule: Literal["cosine", "step", "constant", "onecycle"] = "cosine"
+    warmup_epochs: float = 1.0  # linear warm-up (cosine, step, constant); onecycle uses onecycle_warmup instead
+    # onecycle (as torch's OneCycleLR without momentum cycling): cosine rise from lr * onecycle_start to the
+    # peak `lr` over the first onecycle_warmup of all steps, then cosine decay to lr * onecycle_start / 1e4
+    onecycle_warmup: float = 0.3
+    onecycle_start: float = 0.04
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class LossConfig:
     kind: Literal["ce", "cb_focal"] = "cb_focal"  # Eq. 9; "ce" = plain cross-entropy
     beta: float = 0.999
     gamma: float = 2.0
+    label_smoothing: float = 0.0  # target = (1 - e) one-hot + e / C, inside the (focal) loss; 0 = off
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,9 @@ class TrainConfig:
     keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
     threshold_method: Literal["youden", "sensitivity"] = "youden"  # per-class operating points on validation
     target_sensitivity: float = 0.9  # for threshold_method=sensitivity
+    # EMA of the weights (and BN statistics), used for validation and the saved model; 0 = off. The decay
+    # of step t is min(ema_decay, (1 + t) / (10 + t)), so a short run is not dominated by the initial weights.
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +204,8 @@ class RunConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it
     channels_last: bool = True
     compile: bool = False
+    deterministic: bool = False  # CUDA: deterministic algorithms and no cudnn.benchmark (resume then computes
+    # exactly what an uninterrupted run would, as on CPU); false = cudnn.benchmark picks the fastest kernels
     data_on_device: Literal["auto", "always", "never"] = "auto"  # keep the training images on the GPU (auto: if
     # they take under a quarter of its free memory); batches are then gathered and augmented there
     sync_bn: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
@@ -323,6 +336,8 @@ def validate(cfg: Config) -> Config:
         need(0 <= o.momentum < 1, f"{name}.momentum", o.momentum, "must be in [0, 1)")
         need(o.weight_decay >= 0, f"{name}.weight_decay", o.weight_decay, "must be >= 0")
         need(o.warmup_epochs >= 0, f"{name}.warmup_epochs", o.warmup_epochs, "must be >= 0")
+        need(0 < o.onecycle_warmup < 1, f"{name}.onecycle_warmup", o.onecycle_warmup, "must be in (0, 1)")
+        need(0 < o.onecycle_start <= 1, f"{name}.onecycle_start", o.onecycle_start, "must be in (0, 1]")
     for name, a in (("pretrain.augment", cfg.pretrain.augment), ("train.augment", cfg.train.augment)):
         lo, hi = a.crop_scale
         need(0 < lo <= hi <= 1, f"{name}.crop_scale", a.crop_scale, "must be [low, high] with 0 < low <= high <= 1")
@@ -332,7 +347,7 @@ def validate(cfg: Config) -> Config:
         lo, hi = a.blur_sigma_rel
         need(0 < lo <= hi, f"{name}.blur_sigma_rel", a.blur_sigma_rel, "must be [low, high] with 0 < low <= high")
         need(0 <= a.blur_prob <= 1, f"{name}.blur_prob", a.blur_prob, "must be in [0, 1]")
-        for key in ("rotate_deg", "brightness", "contrast", "gamma", "noise_std"):
+        for key in ("rotate_deg", "brightness", "contrast", "gamma", "noise_std", "shift"):
             need(getattr(a, key) >= 0, f"{name}.{key}", getattr(a, key), "must be >= 0")
     p = cfg.pretrain
     need(p.temperature > 0, "pretrain.temperature", p.temperature, "must be > 0")
@@ -348,6 +363,8 @@ def validate(cfg: Config) -> Config:
     need(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "train.mgacr.kernel_size", m.kernel_size,
          "must be odd and at least 1")
     need(0 <= t.loss.beta < 1, "train.loss.beta", t.loss.beta, "must be in [0, 1)")
+    need(0 <= t.loss.label_smoothing < 1, "train.loss.label_smoothing", t.loss.label_smoothing, "must be in [0, 1)")
+    need(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in [0, 1) (0 = no EMA)")
     need(t.loss.gamma >= 0, "train.loss.gamma", t.loss.gamma, "must be >= 0")
     i = t.iam
     need(i.warmup_epochs >= 0, "train.iam.warmup_epochs", i.warmup_epochs, "must be >= 0")

@@ -252,3 +252,31 @@ def test_bad_arguments_raise() -> None:
         fl(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
     with pytest.raises(TypeError):
         fl(torch.randn(4, 2), torch.zeros(4))
+
+
+def test_label_smoothing_at_gamma_0_beta_0_is_smoothed_cross_entropy() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(16, 4, requires_grad=True), torch.randint(0, 4, (16,))
+    loss = ClassBalancedFocalLoss([10, 20, 30, 40], beta=0.0, gamma=0.0, label_smoothing=0.1)(logits, target)
+    assert torch.allclose(loss, F.cross_entropy(logits, target, label_smoothing=0.1), atol=1e-6)
+    e, c = 0.1, 4  # the formula: -sum_c q_c log p_c with q = (1 - e) onehot + e / C
+    q = torch.full((16, c), e / c).scatter_(1, target[:, None], 1 - e + e / c)
+    assert torch.allclose(loss, -(q * F.log_softmax(logits, 1)).sum(1).mean(), atol=1e-6)
+
+
+def test_label_smoothing_composes_with_the_class_balanced_focal_loss() -> None:
+    torch.manual_seed(1)
+    logits, target = torch.randn(32, 3), torch.randint(0, 3, (32,))
+    counts = [5, 50, 500]
+    fl = ClassBalancedFocalLoss(counts, beta=0.99, gamma=2.0, label_smoothing=0.2)
+    p = F.softmax(logits, 1)
+    q = torch.full((32, 3), 0.2 / 3).scatter_(1, target[:, None], 0.8 + 0.2 / 3)
+    want = (fl.weights[target] * -(q * (1 - p) ** 2 * p.log()).sum(1)).mean()
+    assert torch.allclose(fl(logits, target), want, atol=1e-5)
+    plain = ClassBalancedFocalLoss(counts, beta=0.99, gamma=2.0)
+    assert torch.equal(ClassBalancedFocalLoss(counts, beta=0.99, gamma=2.0, label_smoothing=0.0)(logits, target),
+                       plain(logits, target))
+    big = torch.tensor([[80.0, -80.0, 0.0]], requires_grad=True)  # p_t rounds to 1: still finite
+    out = fl(big, torch.tensor([0]))
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(big.grad).all()

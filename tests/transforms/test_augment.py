@@ -55,3 +55,23 @@ def test_pretrain_recipe_is_light() -> None:
     a = PretrainConfig().augment
     assert a.crop_scale[0] >= 0.5 and max(a.brightness, a.contrast, a.gamma) <= 0.2 and a.blur_sigma is None
     assert PretrainConfig().select == "last"
+
+
+def test_random_shift_crop_is_a_whole_pixel_translation_with_zero_fill() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 32, 32)
+    cfg = AugmentConfig(crop_scale=(1.0, 1.0), rotate_deg=0.0, brightness=0.0, contrast=0.0, gamma=0.0, shift=0.125)
+    out, _ = augment(x, None, cfg, torch.Generator().manual_seed(1))
+    moved = 0
+    for i in range(4):
+        found = []
+        for dy in range(-4, 5):
+            for dx in range(-4, 5):
+                ref = torch.zeros(32, 32)
+                src = x[i, 0, max(0, -dy):32 - max(0, dy), max(0, -dx):32 - max(0, dx)]
+                ref[max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
+                if torch.allclose(out[i, 0], ref, atol=1e-5):
+                    found.append((dy, dx))
+        assert len(found) == 1, found
+        moved += found[0] != (0, 0)
+    assert moved >= 2

@@ -104,13 +104,28 @@ class CachedSplit(BatchSource):
         self.boxes = pad_boxes([cache.boxes(int(i)) for i in self.indices])
         self.has_box = torch.tensor([bool(cache.manifest.records[int(i)].boxes) for i in self.indices])
         self.resident: Tensor | None = None  # the split's images on the training device (see ``keep_on``)
+        self._resident_meta: tuple[Tensor, Tensor, Tensor] | None = None  # boxes, has_box, targets there too
+        self.pin = False  # gather batches into pinned host memory (they go to a GPU: ``place_data`` sets it)
 
     def nbytes(self) -> int:
         return len(self) * int(self.cache.images.shape[1]) * int(self.cache.images.shape[2])
 
-    def keep_on(self, device: torch.device) -> None:
-        """Copy the split's uint8 images to ``device`` once; batches are then gathered there (the GPU fast path)."""
-        self.resident = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices]))[:, None].to(device)
+    def keep_on(self, device: torch.device, chunk_bytes: int = 256 * 2**20) -> None:
+        """Copy the split's uint8 images to ``device`` once; batches are then gathered there (the GPU fast path).
+
+        The copy goes in chunks of ``chunk_bytes`` (pinned, asynchronous on CUDA) straight into the device
+        tensor, so no process holds the whole split in host memory (under torchrun every rank copies it).
+        """
+        shape = tuple(int(v) for v in self.cache.images.shape[1:])
+        out = torch.empty((len(self), 1, *shape), dtype=torch.uint8, device=device)
+        rows = max(1, chunk_bytes // max(1, int(np.prod(shape))))
+        cuda = torch.device(device).type == "cuda"
+        for start in range(0, len(self), rows):
+            idx = self.indices[start:start + rows]
+            chunk = torch.from_numpy(np.ascontiguousarray(self.cache.images[idx]))
+            out[start:start + len(idx), 0].copy_(chunk.pin_memory() if cuda else chunk, non_blocking=cuda)
+        self.resident = out
+        self._resident_meta = (self.boxes.to(device), self.has_box.to(device), self.targets.to(device))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -122,11 +137,19 @@ class CachedSplit(BatchSource):
         order = np.argsort(self.indices[pos])  # read the memmap in increasing offset order
         pos = pos[order]
         p = torch.from_numpy(pos)
-        if self.resident is not None:
-            images = self.resident[p.to(self.resident.device)]
-        else:
-            images = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.indices[pos]]))[:, None]
-        return Batch(images, self.boxes[p], self.has_box[p], self.targets[p], torch.from_numpy(self.indices[pos]))
+        if self.resident is not None and self._resident_meta is not None:  # gathered on the device
+            dev = self.resident.device
+            pd = p.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else p.to(dev)
+            boxes, has_box, targets = (t[pd] for t in self._resident_meta)
+            return Batch(self.resident[pd], boxes, has_box, targets, torch.from_numpy(self.indices[pos]))
+        rows = self.indices[pos]
+        if self.pin:  # read the memmap straight into page-locked memory: the copy to the GPU is then asynchronous
+            images = torch.empty((len(rows), 1, *self.cache.images.shape[1:]), dtype=torch.uint8, pin_memory=True)
+            np.take(self.cache.images, rows, axis=0, out=images.numpy()[:, 0], mode="clip")
+            return Batch(images, self.boxes[p].pin_memory(), self.has_box[p].pin_memory(),
+                         self.targets[p].pin_memory(), torch.from_numpy(rows))
+        images = torch.from_numpy(np.ascontiguousarray(self.cache.images[rows]))[:, None]
+        return Batch(images, self.boxes[p], self.has_box[p], self.targets[p], torch.from_numpy(rows))
 
 
 class UnlabelledUnion(BatchSource):
@@ -151,7 +174,7 @@ class UnlabelledUnion(BatchSource):
         member = np.searchsorted(self.offsets, pos, side="right") - 1
         images = [self.parts[m].batch(pos[member == m] - self.offsets[m]).images for m in np.unique(member)]
         device = images[0].device if self.parts[0].resident is None else self.parts[0].resident.device
-        x = torch.cat([im.to(device) for im in images])  # the training split may be resident on the GPU
+        x = torch.cat([im.to(device, non_blocking=True) for im in images])  # the training split may be on the GPU
         b = x.shape[0]
         return Batch(x, torch.zeros(b, 0, 4), torch.zeros(b, dtype=torch.bool), torch.zeros(b, 0),
                      torch.full((b,), -1, dtype=torch.long))

@@ -104,6 +104,12 @@ class ClassBalancedFocalLoss(nn.Module):
     ``F.cross_entropy``) or plain binary cross-entropy with logits (``sigmoid`` mode,
     ``F.binary_cross_entropy_with_logits``, averaged over the known elements).
 
+    Label smoothing (``label_smoothing = e``, ``train.loss.label_smoothing``) replaces the one-hot target by
+    ``q = (1 - e) onehot(y) + e / C`` and sums the focal term over the classes:
+    ``loss = -w_y sum_c q_c (1 - p_c)^gamma log(p_c)`` (softmax mode), so with ``gamma = beta = 0`` it is
+    ``F.cross_entropy(label_smoothing=e)``; in sigmoid mode the known labels become ``y (1 - e) + e / 2``.
+    ``e = 0`` computes exactly the unsmoothed loss above.
+
     Computation is in fp32: inputs are cast to float and autocast is disabled inside.
 
     Args:
@@ -111,6 +117,7 @@ class ClassBalancedFocalLoss(nn.Module):
         beta: Eq. (9) hyper-parameter in [0, 1); paper/Cui et al. default 0.9999.
         gamma: focusing parameter of Eq. (8), >= 0.
         mode: ``"softmax"`` or ``"sigmoid"``.
+        label_smoothing: ``e`` in [0, 1).
     """
 
     weights: Tensor
@@ -121,12 +128,16 @@ class ClassBalancedFocalLoss(nn.Module):
         beta: float = 0.9999,
         gamma: float = 2.0,
         mode: FocalMode = "softmax",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if mode not in ("softmax", "sigmoid"):
             raise ValueError(f"mode must be 'softmax' or 'sigmoid'; got {mode!r}")
         if not gamma >= 0:
             raise ValueError(f"gamma must be >= 0; got {gamma}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
         self.beta = float(beta)
         self.gamma = float(gamma)
         self.mode: FocalMode = mode
@@ -137,7 +148,8 @@ class ClassBalancedFocalLoss(nn.Module):
         return int(self.weights.numel())
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, beta={self.beta}, gamma={self.gamma}, mode={self.mode!r}"
+        return (f"num_classes={self.num_classes}, beta={self.beta}, gamma={self.gamma}, mode={self.mode!r}, "
+                f"label_smoothing={self.label_smoothing}")
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Class-balanced focal loss of Eq. (9).
@@ -164,6 +176,8 @@ class ClassBalancedFocalLoss(nn.Module):
             raise TypeError(f"softmax-mode target must hold integer class indices; got {target.dtype}")
         target = target.long()
         logp = F.log_softmax(logits, dim=1)
+        if self.label_smoothing > 0:
+            return self._smoothed_softmax_loss(logp, target)
         index = target.unsqueeze(1)
         logp_t = logp.gather(1, index).squeeze(1)
         loss = -logp_t
@@ -176,12 +190,27 @@ class ClassBalancedFocalLoss(nn.Module):
         loss = self.weights[target] * loss
         return loss.mean()
 
+    def _smoothed_softmax_loss(self, logp: Tensor, target: Tensor) -> Tensor:
+        """``-w_y sum_c q_c (1 - p_c)^gamma log p_c`` with the smoothed target ``q``."""
+        n, c = logp.shape
+        e = self.label_smoothing
+        q = torch.full_like(logp, e / c).scatter_(1, target.unsqueeze(1), 1 - e + e / c)
+        terms = -logp
+        if self.gamma != 0.0:
+            # log(1 - p_c) for every class c: logsumexp over the other classes (exact when p_c rounds to 1)
+            eye = torch.eye(c, dtype=torch.bool, device=logp.device)
+            others = logp.unsqueeze(1).expand(n, c, c).masked_fill(eye, torch.finfo(logp.dtype).min)
+            terms = torch.exp(self.gamma * torch.logsumexp(others, dim=2)) * terms
+        return (self.weights[target] * (q * terms).sum(1)).mean()
+
     def _sigmoid_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if target.shape != logits.shape:
             raise ValueError(f"target must have shape {tuple(logits.shape)}; got {tuple(target.shape)}")
         target = target.float()
         known = ~torch.isnan(target)
         y = torch.where(known, target, torch.zeros_like(target))
+        if self.label_smoothing > 0:
+            y = y * (1 - self.label_smoothing) + self.label_smoothing / 2
         log_p = F.logsigmoid(logits)
         log_1mp = F.logsigmoid(-logits)
         pos = y * log_p

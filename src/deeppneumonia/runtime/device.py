@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,31 @@ class Runtime:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
+def cuda_autocast_dtype(dev: torch.device) -> torch.dtype:
+    """bf16 from compute capability 8.0 (Ampere) on, where cuDNN has bf16 convolutions; fp16 + GradScaler below.
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also counts emulated bf16, so a T4 or V100 would get
+    bf16 convolutions that run emulated and slowly.
+    """
+    return torch.bfloat16 if torch.cuda.get_device_capability(dev) >= (8, 0) else torch.float16
+
+
+def configure_backends(dev: torch.device, deterministic: bool = False) -> None:
+    """CUDA kernel choice: ``cudnn.benchmark`` (fastest kernels per shape), or deterministic algorithms.
+
+    ``run.deterministic`` trades speed for bit-identical reruns on a GPU (so a resumed run computes exactly what
+    an uninterrupted one would, as on CPU): cuDNN and cuBLAS are made deterministic and ops without a
+    deterministic CUDA kernel warn.
+    """
+    if dev.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts its handle
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def check_device(device: str) -> torch.device:
     """The torch device named by ``run.device`` / ``--device``; ConfigError when it is malformed or absent here."""
     if device == "auto":
@@ -63,16 +89,14 @@ def check_device(device: str) -> torch.device:
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool = True,
-                    threads: int = 0) -> Runtime:
+                    threads: int = 0, deterministic: bool = False) -> Runtime:
     dev = check_device(device)
     if threads > 0:
         torch.set_num_threads(threads)
+    configure_backends(dev, deterministic)
     dtype: torch.dtype | None
     if precision == "auto":
-        if dev.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.bfloat16 if cpu_has_bf16() else None
+        dtype = cuda_autocast_dtype(dev) if dev.type == "cuda" else torch.bfloat16 if cpu_has_bf16() else None
     else:
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dev.type == "cpu" and dtype == torch.float16:
@@ -106,6 +130,8 @@ def compile_blocks(module: torch.nn.Module) -> None:
 
     Children rather than the module itself, because the tasks call the stages one by one
     (``forward_intermediates``) to reach the intermediate features MGACR needs; the state-dict keys do not change.
+    Under DDP with ``run.sync_bn`` call it after ``convert_sync_batchnorm`` (the training loop does), so the
+    compiled graphs hold the SyncBatchNorm layers that actually run.
     """
     for child in module.children():
         if any(True for _ in child.parameters()):

@@ -84,9 +84,16 @@ def cleanup() -> None:
 
 
 def device_for(device: str) -> str:
-    """The device of this process: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
-    if is_distributed() and device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{local_rank()}"
+    """The device of this process: ``auto``, ``cuda`` and ``cuda:N`` become ``cuda:LOCAL_RANK`` under torchrun.
+
+    One GPU per process: an explicit index (e.g. ``run.device=cuda:0`` from a single-GPU config) would put every
+    rank on that GPU, so it is replaced by the local rank with a warning.
+    """
+    if is_distributed() and torch.cuda.is_available() and (device == "auto" or device.startswith("cuda")):
+        mine = f"cuda:{local_rank()}"
+        if device not in ("auto", "cuda", mine):
+            log.warning("run.device=%s under torchrun: rank %d uses %s (one GPU per process)", device, rank(), mine)
+        return mine
     return device
 
 

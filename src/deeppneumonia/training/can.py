@@ -52,7 +52,7 @@ class CANTask(SupervisedTask):
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
         x, _ = make_inputs(batch, self.rt, self.pre, self.tcfg.augment, g)
         out = self.model.forward_all(x)  # type: ignore[operator]
-        y = batch.target.to(self.rt.device)
+        y = batch.target.to(self.rt.device, non_blocking=True)
         losses = {"balance": self.balance(out["logits"], y),
                   "attention": cross_attention_loss(out["att_logit_a"], out["att_logit_b"], y)}
         losses["loss"] = losses["balance"] + self.tcfg.can.attention_weight * losses["attention"]

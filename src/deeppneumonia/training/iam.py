@@ -128,7 +128,8 @@ class IAMTask:
         lc = cfg.train.loss
         beta, gamma = (lc.beta, lc.gamma) if lc.kind == "cb_focal" else (0.0, 0.0)
         self.cls_loss = ClassBalancedFocalLoss(train.class_counts(), beta=beta, gamma=gamma,
-                                               mode="sigmoid" if self.multilabel else "softmax").to(rt.device)
+                                               mode="sigmoid" if self.multilabel else "softmax",
+                                               label_smoothing=lc.label_smoothing).to(rt.device)
         self.batch_size = min(cfg.train.optim.batch_size, len(train))
         self.images_per_batch = self.batch_size
         # an MSA network that does not aggregate layer4 leaves it without gradient: DDP must look for unused ones
@@ -175,7 +176,7 @@ class IAMTask:
 
     # --- one step -------------------------------------------------------------------------------------------
     def _target(self, batch: Batch) -> Tensor:
-        t = batch.target.to(self.rt.device)
+        t = batch.target.to(self.rt.device, non_blocking=True)
         return t if self.multilabel else t.argmax(1)
 
     @torch.no_grad()

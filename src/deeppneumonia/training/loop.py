@@ -11,6 +11,7 @@ state), so a killed run resumes mid-epoch and computes exactly what an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -52,8 +53,22 @@ class Task(Protocol):
     def save_best(self, run_dir: Path, record: dict[str, Any]) -> None: ...
 
 
+def onecycle_factor(step: int, total: int, warmup_fraction: float = 0.3, start: float = 0.04) -> float:
+    """``torch.optim.lr_scheduler.OneCycleLR`` (two cosine phases, no momentum cycling) as a factor of the peak LR.
+
+    Rises from ``start`` to 1 over the first ``warmup_fraction`` of the ``total`` steps, then falls to
+    ``start / 1e4`` at the last step (OneCycleLR's ``div_factor = 1 / start`` and ``final_div_factor = 1e4``).
+    """
+    up = warmup_fraction * total - 1
+    if step <= up:
+        t, a, b = (step / up if up > 0 else 1.0), start, 1.0
+    else:
+        t, a, b = min(1.0, (step - up) / max(total - 1 - up, 1e-9)), 1.0, start / 1e4
+    return b + (a - b) / 2 * (math.cos(math.pi * t) + 1)
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then cosine to 0, step decay (x0.1 at 50 % and 75 %) or constant."""
+    """Linear warm-up, then cosine to 0, step decay (x0.1 at 50 % and 75 %) or constant (onecycle: see above)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
@@ -85,17 +100,96 @@ class _Step(nn.Module):
         return self.task.training_step(batch, g)
 
 
-def _wrap(task: Task, modules: dict[str, nn.Module], rt: Runtime, sync_bn: bool) -> nn.Module:
+def _wrap(task: Task, modules: dict[str, nn.Module], rt: Runtime, sync_bn: bool, compile: bool = False) -> nn.Module:
+    """The training step as one module: SyncBatchNorm first (under torchrun on GPUs), then compile, then DDP.
+
+    That order matters: compiling first would trace the plain BatchNorm layers that the conversion then
+    replaces (graph breaks or crashes with DDP). SyncBatchNorm itself reads its gathered counts back to the
+    host in every layer (PyTorch drops empty ranks with a boolean mask), so ``run.sync_bn=false`` is faster.
+    """
     step: nn.Module = _Step(task, modules)
+    if distributed.is_distributed() and sync_bn and rt.device.type == "cuda":
+        step = nn.SyncBatchNorm.convert_sync_batchnorm(step)  # replaces the BN layers inside the task's modules
+    if compile:
+        for m in modules.values():
+            compile_blocks(m)
     if not distributed.is_distributed():
         return step
     from torch.nn.parallel import DistributedDataParallel
 
-    if sync_bn and rt.device.type == "cuda":
-        step = nn.SyncBatchNorm.convert_sync_batchnorm(step)  # replaces the BN layers inside the task's modules
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DistributedDataParallel(step, device_ids=ids,
                                    find_unused_parameters=task.ddp_find_unused)
+
+
+class WeightEMA:
+    """Exponential moving average of every parameter and buffer of the task's modules (``train.ema_decay``).
+
+    After optimizer step t (from 0): ``ema = d * ema + (1 - d) * live`` with ``d = min(decay, (1 + t) / (10 + t))``
+    for floating tensors (integer buffers such as BatchNorm's step counter are copied). :meth:`applied` swaps the
+    averages into the modules (validation and the saved model then use them) and puts the live weights back.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.names = [(name, k) for name, m in modules.items() for k in m.state_dict()]
+        self.live = [t for m in modules.values() for t in m.state_dict().values()]  # aliases of the weights
+        self.ema = [t.detach().clone() for t in self.live]
+        self.floating = [i for i, t in enumerate(self.live) if t.is_floating_point()]
+        self.other = [i for i, t in enumerate(self.live) if not t.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        torch._foreach_lerp_([self.ema[i] for i in self.floating], [self.live[i] for i in self.floating], 1.0 - d)
+        for i in self.other:
+            self.ema[i].copy_(self.live[i])
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        with torch.no_grad():
+            backup = [t.clone() for t in self.live]
+            torch._foreach_copy_(self.live, self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.live, backup)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "tensors": {f"{n}/{k}": t for (n, k), t in zip(self.names, self.ema, strict=True)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        with torch.no_grad():
+            for (n, k), t in zip(self.names, self.ema, strict=True):
+                t.copy_(state["tensors"][f"{n}/{k}"])
+
+
+# steps between host reads of the loss sums and the non-finite flag on a GPU or under torchrun (every step on
+# one CPU process, where reading them costs nothing)
+SYNC_EVERY = 25
+
+
+def _any_across_ranks(flags: Tensor) -> Tensor:
+    """Element-wise max of a flags tensor over the ranks (every rank gets it); the tensor as is without torchrun."""
+    if distributed.is_distributed():
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return flags
+
+
+def _check_finite(name: str, bad: Tensor, due: bool, losses: dict[str, Tensor], epoch: int, checked: int,
+                  n: int) -> bool:
+    """One host read for the steps since the last check: raise if a loss was non-finite on any rank; else
+    return whether a mid-epoch save is due on any rank (one decision for all: rank clocks differ)."""
+    flags = _any_across_ranks(torch.stack([bad.float(), torch.full((), float(due), device=bad.device)]))
+    is_bad, is_due = (bool(v) for v in (flags > 0).tolist())
+    if is_bad:
+        raise DeepPneumoniaError(f"{name}: non-finite loss at epoch {epoch + 1}, between steps {checked + 1} and {n}"
+                                 f"; parts of step {n} {({k: float(v.detach()) for k, v in losses.items()})}. Lower the "
+                                 "learning rate or check the inputs.")
+    return is_due
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
@@ -105,21 +199,24 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 
 def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
         progress: bool = True, checkpoint_minutes: float = 10.0, sync_bn: bool = True,
-        compile: bool = False) -> FitResult:
+        compile: bool = False, ema_decay: float = 0.0) -> FitResult:
     main = distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     modules = task.modules()
     for m in modules.values():
         m.to(rt.device).to(memory_format=rt.memory_format)
-        if compile:
-            compile_blocks(m)
-    step_module = _wrap(task, modules, rt, sync_bn)
+    step_module = _wrap(task, modules, rt, sync_bn, compile)
+    ema = WeightEMA(modules, ema_decay) if ema_decay > 0 else None
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.nesterov and cfg.momentum > 0)
     steps = task.steps_per_epoch()
     total, warmup = cfg.epochs * steps, int(cfg.warmup_epochs * steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: onecycle_factor(s, total, cfg.onecycle_warmup, cfg.onecycle_start))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.schedule))
     scaler = torch.amp.GradScaler(enabled=rt.dtype == torch.float16)
 
     start, best, best_epoch, history = 0, -math.inf, -1, []
@@ -137,7 +234,14 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                                       "start afresh") from exc
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state.get("scaler", {}))
+        if scaler.is_enabled() and state.get("scaler"):  # a CPU / bf16 / fp32 run saved a disabled scaler: {}
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            if state.get("ema"):
+                ema.load_state_dict(state["ema"])
+            else:
+                log.warning("%s: %s holds no EMA of the weights; the average starts from the resumed weights",
+                            task.name, last)
         start, best, best_epoch = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"])
         history = json.loads(state["history"])
         partial = state.get("partial")
@@ -152,7 +256,8 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
         save_state(last, {"modules": {k: m.state_dict() for k, m in modules.items()},
                           "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(), "epoch": epoch_done, "best": best,
-                          "best_epoch": best_epoch, "history": json.dumps(history), "partial": part})
+                          "best_epoch": best_epoch, "history": json.dumps(history), "partial": part,
+                          "ema": ema.state_dict() if ema is not None else None})
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -179,6 +284,11 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                 sums = json.loads(partial["sums"])
                 elapsed_before = float(partial["seconds"])
                 partial = None
+            # loss sums and the non-finite flag stay on the device; the host reads them every `every` steps
+            acc = {k: torch.tensor(v, dtype=torch.float64, device=rt.device) for k, v in sums.items()}
+            bad_t = torch.zeros((), dtype=torch.bool, device=rt.device)
+            every = 1 if rt.device.type == "cpu" and not distributed.is_distributed() else SYNC_EVERY
+            checked = n
             last_save = time.perf_counter()
             batches = itertools.islice(task.train_batches(epoch), skip, None)
             bar = tqdm(batches, total=steps, initial=skip, desc=f"{task.name} {epoch + 1}/{cfg.epochs}",
@@ -187,37 +297,42 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                 with rt.autocast():
                     losses = step_module(batch, g)
                 loss = losses["loss"]
-                bad = not bool(torch.isfinite(loss))
-                due = time.perf_counter() - last_save > checkpoint_minutes * 60 and n + 1 < steps
-                if distributed.is_distributed():  # one decision for all ranks: rank clocks and losses differ
-                    flags = distributed.mean_across_ranks({"bad": float(bad), "due": float(due)})
-                    bad, due = flags["bad"] > 0, flags["due"] > 0
-                if bad:
-                    raise DeepPneumoniaError(f"{task.name}: non-finite loss ({loss.item()} here) at epoch {epoch + 1}, "
-                                             f"step {n + 1}"
-                                             f"; parts {({k: float(v) for k, v in losses.items()})}. Lower the "
-                                             "learning rate or check the inputs.")
+                bad_t |= ~torch.isfinite(loss.detach())
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
+                if ema is not None:
+                    ema.update()
                 n += 1
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+                    v = v.detach().to(torch.float64)
+                    acc[k] = acc[k] + v if k in acc else v
+                if n % every and n < steps:
+                    continue
+                due = time.perf_counter() - last_save > checkpoint_minutes * 60 and n < steps
+                due = _check_finite(task.name, bad_t, due, losses, epoch, checked, n)
+                checked = n
+                if progress and main:
+                    bar.set_postfix(loss=f"{float(acc['loss']) / n:.4f}")
                 if due:
+                    sums = {k: float(v) for k, v in acc.items()}
                     states = distributed.gather_objects(g.get_state())
                     save(epoch - 1, {"step": n, "generator": states if len(states) > 1 else states[0],
                                      "sums": json.dumps(distributed.mean_across_ranks(sums)),
                                      "seconds": elapsed_before + time.perf_counter() - t0})
                     last_save = time.perf_counter()
+            if checked < n:
+                _check_finite(task.name, bad_t, False, {}, epoch, checked, n)
+            sums = {k: float(v) for k, v in acc.items()}
             train_time = elapsed_before + time.perf_counter() - t0
             sums = distributed.mean_across_ranks(sums)
             if not main:  # rank 0 validates and writes; the others wait for the next epoch
                 distributed.barrier()
                 continue
-            val = task.validate()
+            with ema.applied() if ema is not None else contextlib.nullcontext():
+                val = task.validate()
             rate = (n - skip) * _batch_images(task) / max(train_time - elapsed_before, 1e-9)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
                                       "train_seconds": round(train_time, 2),
@@ -234,7 +349,8 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
             improved = score > best or best_epoch < 0
             if improved:
                 best, best_epoch = score, epoch + 1
-                task.save_best(run_dir, record)
+                with ema.applied() if ema is not None else contextlib.nullcontext():
+                    task.save_best(run_dir, record)
             log.info("%s epoch %d/%d: loss %.4f, val %s%s", task.name, epoch + 1, cfg.epochs,
                      record.get("train_loss", float("nan")),
                      ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)),

@@ -162,8 +162,14 @@ def _check_or_write_config(cfg: Config, run_dir: Path) -> None:
 
 
 def place_data(cfg: Config, data: PreparedData, rt: Runtime) -> None:
-    """The single-GPU fast path: keep the training split's uint8 images resident on the device when they fit."""
+    """The single-GPU fast path: keep the training split's uint8 images resident on the device when they fit.
+
+    On a GPU every split that is not resident gathers its batches into pinned memory (asynchronous copies).
+    """
     mode = cfg.run.data_on_device
+    if rt.device.type == "cuda":
+        for split in (data.train, data.val, data.test):
+            split.pin = split.resident is None
     if mode == "never" or rt.device.type == "cpu" or data.train.resident is not None:
         return
     need = data.train.nbytes()
@@ -174,13 +180,14 @@ def place_data(cfg: Config, data: PreparedData, rt: Runtime) -> None:
                      need / 2**20, rt.device)
             return
     data.train.keep_on(rt.device)
+    data.train.pin = False
     log.info("training images resident on %s (%.0f MB)", rt.device, need / 2**20)
 
 
 def runtime_for(cfg: Config) -> Runtime:
     """The device, precision and memory format of ``cfg.run`` (this process's GPU under torchrun)."""
     r = cfg.run
-    return resolve_runtime(distributed.device_for(r.device), r.precision, r.channels_last, r.threads)
+    return resolve_runtime(distributed.device_for(r.device), r.precision, r.channels_last, r.threads, r.deterministic)
 
 
 def extra_pretrain_data(cfg: Config, data: PreparedData) -> list[CachedSplit]:
@@ -210,6 +217,8 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
     rt = runtime_for(cfg)
     place_data(cfg, data, rt)
     extra = extra_pretrain_data(cfg, data)
+    for part in extra:
+        part.pin = rt.device.type == "cuda"
     task = SimCLRTask(cfg, data.train, data.val, rt, multiclass=data.manifest.task == "multiclass", extra=extra)
     return fit(task, cfg.pretrain.optim, run_dir / "pretrain", rt, cfg.run.seed, cfg.run.progress,
                cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile)
@@ -234,7 +243,7 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
     place_data(cfg, data, rt)
     task = build_task(cfg, data, rt, encoder)
     result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress,
-                 cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile)
+                 cfg.run.checkpoint_minutes, cfg.run.sync_bn, cfg.run.compile, cfg.train.ema_decay)
     out: dict[str, Any] = {}
     if distributed.is_main():  # one process writes thresholds and test metrics; the others receive them
         store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")

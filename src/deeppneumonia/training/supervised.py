@@ -143,7 +143,8 @@ class SupervisedTask:
         beta, gamma = (lc.beta, lc.gamma) if lc.kind == "cb_focal" else (0.0, 0.0)  # (0, 0) = cross-entropy
         self.counts = train.class_counts()
         self.cls_loss = ClassBalancedFocalLoss(self.counts, beta=beta, gamma=gamma,
-                                               mode="sigmoid" if self.multilabel else "softmax").to(rt.device)
+                                               mode="sigmoid" if self.multilabel else "softmax",
+                                               label_smoothing=lc.label_smoothing).to(rt.device)
         self.mgacr_loss = MGACRLoss(reduction=m.reduction, form=m.form, feature_target=m.feature_target)
         self.batch_size = min(self.tcfg.optim.batch_size, len(train))
         self.images_per_batch = self.batch_size
@@ -200,7 +201,7 @@ class SupervisedTask:
                                   drop_last=True, shard=True)
 
     def _target(self, batch: Batch) -> Tensor:
-        t = batch.target.to(self.rt.device)
+        t = batch.target.to(self.rt.device, non_blocking=True)
         return t if self.multilabel else t.argmax(1)
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
@@ -218,7 +219,8 @@ class SupervisedTask:
             negative = None
             if self.negative_index is not None:
                 negative = (batch.target[:, self.negative_index] == 1).to(self.rt.device)
-            parts = self.mgacr_loss(f, mp, mn, mask, batch.has_box.to(self.rt.device), use_attention=m.attention,
+            parts = self.mgacr_loss(f, mp, mn, mask, batch.has_box.to(self.rt.device, non_blocking=True),
+                                    use_attention=m.attention,
                                     use_feature=m.feature, no_box=self.no_box, negative=negative)  # type: ignore[arg-type]
             losses.update(parts)
             weighted.update({"att_pos": m.weight_attention * parts["att_pos"],

@@ -1,0 +1,42 @@
+"""CPU smoke runs of the benchmark scripts (tiny sizes, seconds): they must not rot between GPU loans."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import make_lesion_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their helper _table.py
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_distributed_scaling_smoke_with_and_without_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = load_benchmark("distributed_scaling")
+    csv_path = make_lesion_csv(tmp_path / "data", n=24, size=32)
+    args = mod.parse_args(["--data", str(csv_path), "--size", "32", "--batch", "4", "--steps", "1", "--warmup", "0",
+                           "--precision", "fp32", "--cache-dir", str(tmp_path / "cache")])
+    result = mod.measure(args)
+    assert result["world"] == 1 and result["pretrain"] > 0 and result["train"] > 0
+    assert set(mod.model_only(args, 4)) == {"pretrain", "train"}
+    compiled: list[str] = []  # --compile reaches both the toolkit's step and the reference (compiling itself is slow)
+    monkeypatch.setattr("deeppneumonia.training.loop.compile_blocks", lambda m: compiled.append(type(m).__name__))
+    monkeypatch.setattr("deeppneumonia.runtime.device.compile_blocks", lambda m: compiled.append("reference"))
+    args.compile = True
+    assert mod.measure(args)["train"] > 0 and mod.model_only(args, 4)["train"] > 0
+    assert {"XRayResNet", "Projector", "MGACRHeads", "reference"} <= set(compiled)

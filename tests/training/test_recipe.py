@@ -1,0 +1,124 @@
+"""Recipe levers of the training loop: one-cycle schedule, EMA of the weights (and its resume)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torchvision.models import resnet18
+
+from deeppneumonia.errors import DeepPneumoniaError
+from deeppneumonia.models.checkpoint import load_state, load_weights
+from deeppneumonia.training.loop import WeightEMA, onecycle_factor
+from deeppneumonia.training.pipeline import run_train
+from deeppneumonia.training.supervised import SupervisedTask
+from tests.conftest import make_lesion_csv
+from tests.training.test_pipeline import tiny_config
+
+
+@pytest.fixture(scope="module")
+def lesion_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lesion_csv(tmp_path_factory.mktemp("lesions"), n=48, size=48)
+
+
+def test_onecycle_equals_torch_onecyclelr() -> None:
+    total, peak = 40, 0.05
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=peak, momentum=0.9)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total, pct_start=0.3,
+                                              cycle_momentum=False)
+    want = []
+    for _ in range(total):
+        want.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    got = [peak * onecycle_factor(s, total, 0.3, 0.04) for s in range(total)]
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    top = max(range(total), key=lambda s: got[s])
+    assert got[0] == pytest.approx(peak / 25) and got[top] == pytest.approx(peak) and top == 11
+    assert all(a <= b for a, b in itertools.pairwise(got[:top + 1]))  # rises, then falls to ~0
+    assert all(a >= b for a, b in itertools.pairwise(got[top:])) and got[-1] < peak * 1e-4
+
+
+def test_ema_equals_manual_ema() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.randn(2, 1, 8, 8))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    ema = WeightEMA({"net": net}, decay=0.9)
+    manual = {k: v.detach().clone().double() for k, v in net.state_dict().items()}
+    for t in range(30):
+        loss = net(torch.randn(4, 1, 8, 8)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update()
+        d = min(0.9, (1 + t) / (10 + t))
+        for k, v in net.state_dict().items():
+            manual[k] = d * manual[k] + (1 - d) * v.double() if v.is_floating_point() else v.double()
+    live = {k: v.clone() for k, v in net.state_dict().items()}
+    with ema.applied():
+        for k, v in net.state_dict().items():
+            assert torch.allclose(v.double(), manual[k], rtol=1e-5, atol=1e-6), k
+    for k, v in net.state_dict().items():  # the live weights are back
+        assert torch.equal(v, live[k]), k
+
+
+def test_ema_resume_mid_epoch_equals_uninterrupted(tmp_path: Path, lesion_data: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["train.pretrained=false", "train.optim.epochs=2", "run.checkpoint_minutes=0", "train.ema_decay=0.9",
+            "train.optim.schedule=onecycle", "train.loss.label_smoothing=0.1"]
+    run_train(tiny_config(tmp_path / "a", lesion_data, *base))
+    killed = tiny_config(tmp_path / "b", lesion_data, *base)
+    original = SupervisedTask.training_step
+    calls = {"n": 0}
+
+    def dying_step(self: SupervisedTask, batch, g):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, second step (3 steps an epoch)
+            raise KeyboardInterrupt
+        return original(self, batch, g)
+
+    monkeypatch.setattr(SupervisedTask, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(killed)
+    monkeypatch.setattr(SupervisedTask, "training_step", original)
+    run_train(killed)
+    a = load_state(tmp_path / "a" / "run" / "train" / "last.pt")
+    b = load_state(tmp_path / "b" / "run" / "train" / "last.pt")
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 6
+    for k, v in a["ema"]["tensors"].items():
+        assert torch.allclose(v.float(), b["ema"]["tensors"][k].float(), atol=1e-5), k
+    ha = [json.loads(x) for x in (tmp_path / "a" / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    hb = [json.loads(x) for x in (tmp_path / "b" / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["val_accuracy"] for h in ha] == pytest.approx([h["val_accuracy"] for h in hb])
+    # the saved model is a plain network with torchvision keys; it holds the EMA of the best epoch's weights
+    saved = load_file(str(tmp_path / "a" / "run" / "train" / "model.safetensors"))
+    assert set(saved) == set(resnet18(weights=None, num_classes=2).state_dict())
+    _, meta = load_weights(tmp_path / "a" / "run" / "train" / "model.safetensors")
+    if meta["epoch"] == 2:  # the best epoch was the last one: the saved weights are the final EMA
+        for k, v in saved.items():
+            assert torch.allclose(v.float(), a["ema"]["tensors"][f"model/{k}"].float(), atol=1e-6), k
+
+
+def test_non_finite_loss_stops_the_run_before_it_is_saved(tmp_path: Path, lesion_data: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    original = SupervisedTask.training_step
+    calls = {"n": 0}
+
+    def nan_step(self: SupervisedTask, batch, g):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        losses = original(self, batch, g)
+        if calls["n"] == 2:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(SupervisedTask, "training_step", nan_step)
+    with pytest.raises(DeepPneumoniaError, match="non-finite loss at epoch 1, between steps 2 and 2"):
+        run_train(tiny_config(tmp_path, lesion_data, "train.pretrained=false", "run.checkpoint_minutes=0"))
+    state = load_state(tmp_path / "run" / "train" / "last.pt")  # saved after step 1, never after the bad step
+    assert state["partial"]["step"] == 1
