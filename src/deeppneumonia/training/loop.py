@@ -49,6 +49,9 @@ class Task(Protocol):
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]: ...
     def validate(self) -> dict[str, float]: ...
     def save_best(self, run_dir: Path, record: dict[str, Any]) -> None: ...
+    # Optional: ``lr_factor(step: int, steps_per_epoch: int) -> float | None``, the learning-rate multiplier of
+    # optimizer step ``step`` (0-based over the run); None there means the loop's schedule (``lr_factor`` below).
+    # Tasks without it get exactly the loop's schedule. IAM uses it for its rounds (training/iam.py).
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -118,7 +121,13 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                           nesterov=cfg.nesterov and cfg.momentum > 0)
     steps = task.steps_per_epoch()
     total, warmup = cfg.epochs * steps, int(cfg.warmup_epochs * steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+    task_factor = getattr(task, "lr_factor", None)  # optional per-task schedule (see Task); None: the default
+
+    def factor(s: int) -> float:
+        f = task_factor(s, steps) if task_factor is not None else None
+        return lr_factor(s, total, warmup, cfg.schedule) if f is None else f
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     scaler = torch.amp.GradScaler(enabled=rt.dtype == torch.float16)
 
     start, best, best_epoch, history = 0, -math.inf, -1, []
