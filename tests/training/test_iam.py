@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -210,7 +211,7 @@ def test_a_one_epoch_mining_round_does_not_ramp_the_learning_rate_up() -> None:
     spe = 10
     f = [iam_lr_factor(s, spe, ic, optim) for s in range(spe + 1)]  # + the loop's final scheduler step
     assert f[0] == pytest.approx(ic.round_lr) and ic.round_lr == 0.1
-    assert all(b is not None and a is not None and b <= a for a, b in zip(f, f[1:], strict=False))
+    assert all(b is not None and a is not None and b <= a for a, b in itertools.pairwise(f))
     assert f[-1] == pytest.approx(0.0, abs=1e-12)
     # before issue 18 (round_schedule=global) the loop's own schedule applied: a ramp up to the full rate
     assert iam_lr_factor(0, spe, IAMConfig(round_schedule="global"), optim) is None
@@ -226,7 +227,7 @@ def test_iam_round_schedule_restarts_each_round() -> None:
     assert f[:4] == pytest.approx([lr_factor(s, 4, 2, "cosine") for s in range(4)])  # round 0: its own warm-up + cosine
     for start in (4, 12):  # mining rounds 1 and 2: 8 steps each, from 0.2 down
         seg = f[start:start + 8]
-        assert seg[0] == pytest.approx(0.2) and all(b < a for a, b in zip(seg, seg[1:], strict=False))
+        assert seg[0] == pytest.approx(0.2) and all(b < a for a, b in itertools.pairwise(seg))
         assert seg[4] == pytest.approx(0.1)  # half-way through the round: half the start (cosine)
     assert f[-1] == pytest.approx(0.0, abs=1e-12)
     const = IAMConfig(warmup_epochs=1, iterations=2, epochs_per_iteration=2, round_schedule="constant")

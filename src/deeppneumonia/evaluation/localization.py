@@ -184,7 +184,8 @@ def _maximal_points(norm: np.ndarray, tie_eps: float) -> list[tuple[float, float
 
 def _point_hits(px: float, py: float, valid: np.ndarray, tolerance_px: float) -> bool:
     """Is the point (x, y) inside some box rectangle (x <= px < x + w, y <= py < y + h) or within tolerance?"""
-    inside = (valid[:, 0] <= px) & (px < valid[:, 0] + valid[:, 2]) & (valid[:, 1] <= py) & (py < valid[:, 1] + valid[:, 3])
+    inside = ((valid[:, 0] <= px) & (px < valid[:, 0] + valid[:, 2])
+              & (valid[:, 1] <= py) & (py < valid[:, 1] + valid[:, 3]))
     if inside.any():
         return True
     if tolerance_px <= 0:
@@ -265,8 +266,9 @@ def localization_scores(heatmap: np.ndarray, boxes: Sequence[Box], threshold: fl
         threshold: threshold on the normalised heatmap for the predicted boxes and the mask IoU.
 
     Returns:
-        ``{"pointing": in [0, 1] (:func:`pointing_score`; 0 or 1 but for exact ties), "energy": ..., "mask_iou": ..., "max_box_iou": best IoU of any predicted
-        box with any ground-truth box (0 when no box is predicted), "tiou@0.1": 0.0 | 1.0, ..., "tiou@0.7"}``,
+        ``{"pointing": in [0, 1] (:func:`pointing_score`; 0 or 1 but for exact ties), "energy": ...,
+        "mask_iou": ..., "max_box_iou": best IoU of any predicted box with any ground-truth box (0 when no box
+        is predicted), "tiou@0.1": 0.0 | 1.0, ..., "tiou@0.7"}``,
         all plain floats; ``tiou@t`` is 1 when ``max_box_iou >= t``.
 
     Raises:
