@@ -215,3 +215,63 @@ def road_scores(model: torch.nn.Module, x: Tensor, heatmaps: np.ndarray, classes
     finally:
         model.train(was)
     return [float(s) for s in np.asarray(scores, dtype=np.float64).reshape(-1)]
+
+
+def occlusion_report(pred: Any, cache: Any, indices: Sequence[int], fill: str = "mean", seed: int = 0,
+                     max_images: int | None = None, road_images: int = 64, road_layer: str = "layer4",
+                     n_boot: int = 2000, batch_size: int = 32) -> dict[str, Any]:
+    """The occlusion test and ROAD of one model (a :class:`~deeppneumonia.inference.predictor.Predictor`) on the
+    boxed images among ``indices`` of ``cache`` (a :class:`~deeppneumonia.data.cache.Cache`).
+
+    Items are (image, class with boxes) pairs (:func:`~deeppneumonia.evaluation.localization.boxes_by_class`), in
+    the order of ``indices``, at most ``max_images`` images; each image's control placement is seeded by
+    ``seed`` and its image id (so every model sees the same control boxes). ROAD uses the Grad-CAM of the same
+    class at ``road_layer`` on the first ``road_images`` of those images (0: no ROAD).
+
+    Returns:
+        :func:`summarize_occlusion`'s dict plus ``"fill"``, ``"seed"``, ``"image_ids"`` (of the scored items) and
+        ``"road": {"n", "mean", "lo", "hi", "percentiles", "layer"}``.
+    """
+    import zlib
+
+    from deeppneumonia.evaluation.localization import boxes_by_class
+    from deeppneumonia.inference.explain import gradcam
+
+    records = cache.manifest.records
+    boxed = [int(i) for i in indices if cache.boxes(int(i))]
+    if max_images is not None:
+        boxed = boxed[:max_images]
+    rows: list[dict[str, float]] = []
+    patients: list[str] = []
+    ids: list[str] = []
+    road: list[float] = []
+    road_patients: list[str] = []
+    for start in range(0, len(boxed), batch_size):
+        chunk = boxed[start:start + batch_size]
+        images, items, seeds, pats, names = [], [], [], [], []
+        for i in chunk:
+            rec = records[i]
+            for c, boxes in boxes_by_class(cache.boxes(i), rec.target, pred.classes, pred.multilabel):
+                images.append(cache.images[i])
+                items.append((c, boxes))
+                seeds.append(seed * 1_000_003 + zlib.crc32(str(rec.image_id).encode()))
+                pats.append(str(rec.patient_id))
+                names.append(str(rec.image_id))
+        if not items:
+            continue
+        x = pred.preprocess_uint8(torch.from_numpy(np.stack(images))[:, None])
+        rows += occlusion_drops(pred.probabilities, x, items, seeds, fill)
+        patients += pats
+        ids += names
+        room = road_images - len(road)
+        if room > 0:
+            sub = slice(0, room)
+            cls = [c for c, _ in items[sub]]
+            heat = gradcam(pred.model, x[sub], cls, road_layer)
+            road += road_scores(pred.model, x[sub], heat, cls, pred.multilabel, seed=seed)
+            road_patients += pats[sub]
+    out = summarize_occlusion(rows, patients, n_boot, seed)
+    out.update({"fill": fill, "seed": seed, "image_ids": [n for n, r in zip(ids, rows, strict=True) if "skipped" not in r]})
+    r = patient_bootstrap_mean(road, road_patients, n_boot, seed)
+    out["road"] = {**r, "percentiles": list(ROAD_PERCENTILES), "layer": road_layer, "heatmap": "Grad-CAM"}
+    return out
