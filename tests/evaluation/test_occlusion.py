@@ -70,7 +70,7 @@ def test_control_boxes_same_sizes_no_overlap_seeded() -> None:
     lesion = box_mask(boxes, (SIZE, SIZE))
     placed = np.zeros((SIZE, SIZE), dtype=int)
     for x, y, w, h in a:
-        assert 0 <= x and x + w <= SIZE and 0 <= y and y + h <= SIZE
+        assert x >= 0 and x + w <= SIZE and y >= 0 and y + h <= SIZE
         placed[int(y):int(y + h), int(x):int(x + w)] += 1
     assert placed.max() == 1 and not (placed.astype(bool) & lesion).any()
     assert control_boxes([(0.0, 0.0, 30.0, 30.0)], (SIZE, SIZE), np.random.default_rng(0)) is None  # no room

@@ -174,7 +174,8 @@ def _maximal_points(norm: np.ndarray, tie_eps: float) -> list[tuple[float, float
     labels, n = ndimage.label(norm >= 1.0 - tie_eps, structure=_STRUCTURE)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     largest = [k + 1 for k in np.flatnonzero(sizes == sizes.max())]
-    rows, cols = np.indices(norm.shape)
+    grid = np.indices(norm.shape)
+    rows, cols = grid[0], grid[1]
     out = []
     for k in largest:
         sel = labels == k
@@ -392,11 +393,18 @@ def centre_prior_map(shape: tuple[int, int]) -> np.ndarray:
 
 
 class LabelledBox(Protocol):
-    x: float
-    y: float
-    w: float
-    h: float
-    label: str | None
+    """A box with an optional finding name (e.g. :class:`deeppneumonia.data.manifest.Box`)."""
+
+    @property
+    def x(self) -> float: ...
+    @property
+    def y(self) -> float: ...
+    @property
+    def w(self) -> float: ...
+    @property
+    def h(self) -> float: ...
+    @property
+    def label(self) -> str | None: ...
 
 
 def boxes_by_class(boxes: Sequence[LabelledBox], target: Sequence[float], classes: Sequence[str],
@@ -489,3 +497,21 @@ def patient_bootstrap_mean(values: Sequence[float], patients: Sequence[Hashable]
         means = sums[draws].sum(1) / counts[draws].sum(1)
         lo, hi = (float(q) for q in np.quantile(means, [alpha / 2, 1 - alpha / 2]))
     return {"mean": float(v.mean()), "lo": lo, "hi": hi, "n": len(v), "patients": n_pat}
+
+
+def cache_reference_scores(cache: Any, indices: Sequence[int], classes: Sequence[str], multilabel: bool,
+                           grids: Sequence[tuple[int, int]], max_images: int | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`reference_scores` on the boxed images among ``indices`` of a cache (``cache.boxes(i)``,
+    ``cache.manifest.records[i].target``, square ``cache.size``), one item per (image, class with boxes) as
+    :func:`boxes_by_class` gives; at most ``max_images`` boxed images. ``per_image`` lists are dropped."""
+    boxed = [int(i) for i in indices if cache.boxes(int(i))]
+    if max_images is not None:
+        boxed = boxed[:max_images]
+    items = [b for i in boxed
+             for _, b in boxes_by_class(cache.boxes(i), cache.manifest.records[i].target, classes, multilabel)]
+    if not items:
+        return {}
+    refs = reference_scores(items, (int(cache.size), int(cache.size)), grids)
+    for summ in refs.values():
+        summ.pop("per_image", None)
+    return refs

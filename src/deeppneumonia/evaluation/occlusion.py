@@ -125,8 +125,8 @@ def occlusion_drops(probs: ProbFn, x: Tensor, items: Sequence[tuple[int, Sequenc
         for bx, by, bw, bh in lesion_int:
             lm[by:by + bh, bx:bx + bw] = True
         cm = np.zeros(shape, dtype=bool)
-        for bx, by, bw, bh in ctrl:
-            cm[int(by):int(by + bh), int(bx):int(bx + bw)] = True
+        for cx, cy, cw, ch in ctrl:
+            cm[int(cy):int(cy + ch), int(cx):int(cx + cw)] = True
         lesion.append(lm)
         control.append(cm)
     out: list[dict[str, float]] = [{"skipped": 1.0} for _ in items]
