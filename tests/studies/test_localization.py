@@ -61,7 +61,7 @@ def test_localize_command_line() -> None:
 def test_reference_rows_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv_path = make_lesion_csv(tmp_path / "d", n=24, size=32)
     out = tmp_path / "refs"
-    assert main(["-c", "quick", "--out", str(out), f"data.path={csv_path}", "data.size=64",
+    assert main(["-c", "quick", "--out", str(out), f"data.path={csv_path}", "data.source=auto", "data.size=64",
                  f"data.cache_dir={tmp_path / 'cache'}", "data.test_fraction=0.25", "run.progress=false"]) == 0
     table = (out / "references.md").read_text()
     assert "Oracle 2x2 (boxes)" in table and "Oracle 16x16 (boxes)" in table and "Centre prior" in table
