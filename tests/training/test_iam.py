@@ -171,6 +171,9 @@ def test_iam_end_to_end_and_mid_epoch_resume(tmp_path: Path, lesion_data: Path, 
     res = evaluate_checkpoint(train_dir / "model.safetensors", lesion_data, tmp_path / "eval", split="test",
                               cache_dir=tmp_path.parent / "cache", n_boot=5, gallery_per_class=0, progress=False)
     assert res.metrics["localization_iam"]["rounds"] == 2 and res.metrics["localization_iam"]["overall"]["n"] > 0
+    occ, refs = res.metrics["occlusion"], res.metrics["localization_references"]  # issue 18's evaluate block
+    assert occ["n"] + occ["skipped"] > 0 and "difference" in occ and "road" in occ
+    assert "centre prior" in refs and "oracle 2x2" in refs  # Grad-CAM at layer4 of a 48-px input: 2x2
 
     killed = tiny_iam_config(tmp_path / "b", lesion_data, "run.checkpoint_minutes=0")  # saves after every step
     original = IAMTask.training_step
