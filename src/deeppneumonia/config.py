@@ -144,6 +144,12 @@ class IAMConfig:
     every round's network. ``init`` starts from a trained classifier (its backbone, and its ``fc`` when the
     architecture matches), e.g. to mine the attention of an existing model with ``warmup_epochs=0``. Boxes are
     never used. docs/method.md explains each choice.
+
+    Learning rate (``round_schedule``): with ``cosine`` (default) round 0 runs ``train.optim``'s warm-up and
+    schedule over its own ``warmup_epochs`` epochs, and each mining round starts at ``round_lr`` x
+    ``train.optim.lr`` with no warm-up and decays by a cosine to 0 at the round's end (a fine-tuning schedule:
+    mining starts from a trained network); ``constant`` keeps ``round_lr`` x lr through each round; ``global``
+    is the schedule before issue 18: ``train.optim`` (warm-up included) spans the whole run, rounds included.
     """
 
     warmup_epochs: int = 2
@@ -159,6 +165,8 @@ class IAMConfig:
     aggregate: Literal["max", "mean"] = "max"
     negative_classes: tuple[str, ...] = ("Negative for Pneumonia", "No Finding", "Normal", "clear")  # case-insensitive
     init: str | None = None  # start from this classifier model.safetensors (then warmup_epochs may be 0)
+    round_schedule: Literal["cosine", "constant", "global"] = "cosine"  # learning rate inside each mining round
+    round_lr: float = 0.1  # a mining round's starting learning rate, as a fraction of train.optim.lr
 
 
 @dataclass(frozen=True)

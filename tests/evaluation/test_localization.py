@@ -8,15 +8,23 @@ import math
 import numpy as np
 import pytest
 
+from deeppneumonia.data.manifest import Box as LBox
 from deeppneumonia.evaluation.localization import (
     IOU_THRESHOLDS,
     box_iou,
     box_mask,
+    boxes_by_class,
+    centre_prior_map,
     energy_inside,
+    feature_grid,
     heatmap_boxes,
     localization_scores,
     mask_iou,
+    oracle_heatmap,
+    patient_bootstrap_mean,
     pointing_hit,
+    pointing_score,
+    reference_scores,
     summarize_localization,
 )
 
@@ -229,3 +237,112 @@ def test_outputs_are_plain_and_json_serialisable() -> None:
     back = json.loads(text)
     assert math.isclose(back["per_label"]["Mass"]["pointing"], 0.5)
     json.dumps(heatmap_boxes(hm))
+
+
+# --- issue 18: oracle ceiling, centre prior, tie rule, finding matching, patient bootstrap ---------------------
+
+
+def _random_boxes(rng: np.random.Generator, size: int, n: int) -> list[list[tuple[float, float, float, float]]]:
+    """n images' boxes: 1-2 boxes each, sides 15-35 % of the image (SIIM-like)."""
+    out = []
+    for _ in range(n):
+        boxes = []
+        for _ in range(int(rng.integers(1, 3))):
+            w, h = rng.uniform(0.15, 0.35, 2) * size
+            boxes.append((float(rng.uniform(0, size - w)), float(rng.uniform(0, size - h)), float(w), float(h)))
+        out.append(boxes)
+    return out
+
+
+def test_feature_grid() -> None:
+    assert feature_grid(64, "layer4") == (2, 2) and feature_grid(128, 4) == (4, 4)
+    assert feature_grid(128, "layer2") == (16, 16) and feature_grid(224, 4) == (7, 7)
+    assert feature_grid((100, 60), 4) == (4, 2)  # ceil at each stride-2 step: 100 -> 50 -> 25 -> 13 -> 7 -> 4
+    with pytest.raises(ValueError):
+        feature_grid(64, "layer5")
+
+
+def test_oracle_near_one_at_a_fine_grid_and_lower_at_a_coarse_grid() -> None:
+    boxes = _random_boxes(np.random.default_rng(0), 64, 40)
+    refs = reference_scores(boxes, (64, 64), [(16, 16), (2, 2), (16, 16)])
+    assert list(refs) == ["centre prior", "oracle 16x16", "oracle 2x2"]  # duplicates scored once
+    fine, coarse = refs["oracle 16x16"]["overall"], refs["oracle 2x2"]["overall"]
+    assert fine["n"] == 40 and refs["oracle 16x16"]["grid"] == "16x16" and refs["centre prior"]["grid"] == "full"
+    assert fine["tiou@0.1"] >= 0.975 and fine["tiou@0.3"] >= 0.95 and fine["pointing"] >= 0.9
+    assert coarse["tiou@0.3"] < fine["tiou@0.3"] - 0.2 and coarse["pointing"] < fine["pointing"]
+    # reproducible: the same numbers again
+    again = reference_scores(boxes, (64, 64), [(2, 2)])["oracle 2x2"]["overall"]
+    assert again == coarse
+    assert len(refs["oracle 2x2"]["per_image"]["tiou@0.3"]) == 40
+
+
+def test_oracle_map_is_the_pooled_mask_upsampled() -> None:
+    boxes = [(0.0, 0.0, 32.0, 32.0)]  # exactly the top-left cell of a 2x2 grid at 64 px
+    m = oracle_heatmap(boxes, (64, 64), (2, 2))
+    assert m.shape == (64, 64) and m.dtype == np.float32
+    assert m[:16, :16].min() == pytest.approx(1.0) and m[48:, 48:].max() == pytest.approx(0.0)
+    np.testing.assert_allclose(oracle_heatmap(boxes, (64, 64), (64, 64)), box_mask(boxes, (64, 64)), atol=1e-6)
+
+
+def test_centre_prior_is_centred() -> None:
+    g = centre_prior_map((8, 8))
+    assert g.shape == (8, 8) and g[3:5, 3:5].min() == pytest.approx(g.max())
+    np.testing.assert_allclose(g, g[::-1, ::-1], atol=1e-6)
+
+
+def test_pointing_tie_rule_uses_the_centroid_of_the_maximal_plateau() -> None:
+    # a plateau of maximal pixels (rows 0-9, columns 0-9) with float-rounding noise: raster order would pick a
+    # noisy pixel; the rule takes the plateau's centroid (5.0, 5.0)
+    hm = np.zeros((20, 20))
+    hm[:10, :10] = 1.0
+    hm[0, 9] = 1.0 + 1e-7
+    hm[9, 0] = 1.0 - 1e-7
+    inside_centre = [(4.0, 4.0, 2.0, 2.0)]
+    at_first_pixel = [(0.0, 0.0, 1.0, 1.0)]
+    assert pointing_score(hm, inside_centre) == 1.0 and pointing_hit(hm, inside_centre)
+    assert pointing_score(hm, at_first_pixel) == 0.0
+    # the same map with the noise moved gives the same answer
+    hm2 = hm.copy()
+    hm2[0, 9], hm2[5, 5] = 1.0, 1.0 + 1e-7
+    assert pointing_score(hm2, inside_centre) == pointing_score(hm, inside_centre)
+
+
+def test_pointing_tie_between_equal_regions_is_fractional_and_order_free() -> None:
+    hm = np.zeros((10, 20))
+    hm[2:5, 2:5] = 1.0  # left region, centroid (3.5, 3.5)
+    hm[2:5, 14:17] = 1.0  # right region, same size, centroid (15.5, 3.5)
+    left, right = [(2.0, 2.0, 3.0, 3.0)], [(14.0, 2.0, 3.0, 3.0)]
+    assert pointing_score(hm, left) == 0.5 and pointing_score(hm, right) == 0.5
+    assert pointing_score(hm, left + right) == 1.0
+    assert pointing_score(hm[:, ::-1], left) == 0.5  # mirrored: no raster-order preference
+    assert not pointing_hit(hm, left)
+    # a larger region wins the tie outright
+    hm[5, 2:5] = 1.0
+    assert pointing_score(hm, left) == 1.0 and pointing_score(hm, right) == 0.0
+    assert localization_scores(hm, left)["pointing"] == 1.0
+
+
+def test_boxes_by_class_matches_each_box_to_its_finding() -> None:
+    classes = ("Atelectasis", "Effusion", "Mass")
+    boxes = [LBox(1, 1, 4, 4, "effusion"), LBox(10, 10, 5, 5, "Mass"), LBox(20, 20, 3, 3, "Effusion")]
+    target = [1.0, 1.0, 1.0]  # the first positive finding (Atelectasis) has no box: it is not scored
+    got = boxes_by_class(boxes, target, classes, multilabel=True)
+    assert got == [(1, [(1.0, 1.0, 4.0, 4.0), (20.0, 20.0, 3.0, 3.0)]), (2, [(10.0, 10.0, 5.0, 5.0)])]
+    # unlabelled or unknown box labels fall back to the first positive finding
+    assert boxes_by_class([LBox(0, 0, 2, 2, None)], [0.0, 1.0, float("nan")], classes, True) == [(1, [(0.0, 0.0, 2.0, 2.0)])]
+    # multi-class: the labelled class with every box, whatever the box label (SIIM's "opacity")
+    assert boxes_by_class([LBox(0, 0, 2, 2, "opacity")], [0, 0, 1], classes, False) == [(2, [(0.0, 0.0, 2.0, 2.0)])]
+    assert boxes_by_class([], [1, 0, 0], classes, False) == []
+
+
+def test_patient_bootstrap_mean() -> None:
+    vals = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    pats = ["a", "a", "b", "b", "c", "d"]
+    r = patient_bootstrap_mean(vals, pats, n_boot=500, seed=1)
+    assert r["mean"] == pytest.approx(0.5) and r["n"] == 6 and r["patients"] == 4
+    assert 0.0 <= r["lo"] < 0.5 < r["hi"] <= 1.0
+    assert patient_bootstrap_mean(vals, pats, n_boot=500, seed=1) == r
+    one = patient_bootstrap_mean([0.2, 0.4], ["p", "p"])
+    assert one["mean"] == pytest.approx(0.3) and math.isnan(one["lo"])
+    with pytest.raises(ValueError):
+        patient_bootstrap_mean([1.0], ["a", "b"])

@@ -6,7 +6,7 @@ import pytest
 
 from deeppneumonia.cli import build_parser
 from deeppneumonia.errors import DataError
-from deeppneumonia.studies.localization import localization_markdown, run_localization
+from deeppneumonia.studies.localization import localization_markdown, main, run_localization
 from tests.conftest import make_lesion_csv
 
 
@@ -25,17 +25,25 @@ def test_localize_trains_iam_from_the_baseline_and_scores_every_row(tmp_path: Pa
     model = base_dir / "train" / "model.safetensors"
     summary = run_localization("quick", overrides, tmp_path / "loc", baseline=model, guided=model)
     rows = summary["rows"]
-    assert [(r["model"], r["maps"]) for r in rows] == [
-        ("Centre prior (no model)", "Gaussian"), ("ResNet18", "Grad-CAM"), ("IAM (no MSA)", "round-0 CAM"),
-        ("IAM (no MSA)", "IAM"),
-        ("IAM + MSA", "round-0 CAM"), ("IAM + MSA", "IAM"), ("Deep Pneumonia (guided)", "Grad-CAM")]
-    assert rows[3]["arch"] == "resnet18" and rows[5]["arch"] == "resnet18_msa34" and rows[5]["iam_rounds"] == 1
-    n = summary["boxed_test_images"]
-    assert n > 0 and all(r["localization"]["overall"]["n"] == n for r in rows)
+    # reference rows first (no model), at the grid of every learned map (32 px: layer4 1x1, the MSA map 2x2)
+    assert [(r["model"], r["maps"], r["grid"]) for r in rows] == [
+        ("Centre prior (no model)", "Gaussian", "full"), ("Oracle 2x2 (boxes)", "pooled box mask", "2x2"),
+        ("Oracle 1x1 (boxes)", "pooled box mask", "1x1"), ("ResNet18", "Grad-CAM", "1x1"),
+        ("IAM (no MSA)", "round-0 CAM", "1x1"), ("IAM (no MSA)", "IAM", "1x1"), ("IAM + MSA", "round-0 CAM", "2x2"),
+        ("IAM + MSA", "IAM", "2x2"), ("Deep Pneumonia (guided)", "Grad-CAM", "1x1")]
+    assert rows[5]["arch"] == "resnet18" and rows[7]["arch"] == "resnet18_msa34" and rows[7]["iam_rounds"] == 1
+    n = summary["scored_items"]
+    assert n == summary["boxed_test_images"] > 0 and all(r["localization"]["overall"]["n"] == n for r in rows)
     assert all(0 <= r["localization"]["overall"]["tiou@0.1"] <= 1 for r in rows)
+    assert rows[1]["localization"]["overall"]["tiou@0.1"] >= rows[2]["localization"]["overall"]["tiou@0.1"]
+    assert all(r["localization"]["per_image"]["patient"] == rows[0]["localization"]["per_image"]["patient"] for r in rows)
+    occ = summary["occlusion"]
+    assert set(occ) == {"ResNet18", "Deep Pneumonia (guided)", "Deep Pneumonia (guided) − ResNet18"}
+    assert occ["ResNet18"]["n"] + occ["ResNet18"]["skipped"] == n and occ["ResNet18"]["road"]["n"] > 0
     table = localization_markdown(summary, "deeppneumonia localize ...")
-    assert table.count("\n| ") == (1 + 7) + (1 + 4)  # header + 7 rows; header + 4 paired comparisons
-    assert "Paired differences" in table and "T(IoU)=0.7" in table and "pointing" in table
+    # header + 9 rows; header + 10 paired comparisons (4 IAM, 6 learned rows - centre prior); header + 2 models
+    assert table.count("\n| ") == (1 + 9) + (1 + 10) + (1 + 2)
+    assert "Paired differences" in table and "T(IoU)=0.7" in table and "| grid |" in table and "Box occlusion" in table
     other = tmp_path / "other" / "run" / "train"
     other.mkdir(parents=True)
     (tmp_path / "other" / "run" / "split.json").write_text('{"test": ["nope"]}')
@@ -48,3 +56,13 @@ def test_localize_command_line() -> None:
     args = build_parser().parse_args(["localize", "--out", "x", "--baseline", "b.safetensors", "train.iam.msa=false"])
     assert args.config == "siim-ablation-cpu" and args.baseline == Path("b.safetensors") and args.guided is None
     assert args.overrides == ["train.iam.msa=false"]
+
+
+def test_reference_rows_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = make_lesion_csv(tmp_path / "d", n=24, size=32)
+    out = tmp_path / "refs"
+    assert main(["-c", "quick", "--out", str(out), f"data.path={csv_path}", "data.source=auto", "data.size=64",
+                 f"data.cache_dir={tmp_path / 'cache'}", "data.test_fraction=0.25", "run.progress=false"]) == 0
+    table = (out / "references.md").read_text()
+    assert "Oracle 2x2 (boxes)" in table and "Oracle 16x16 (boxes)" in table and "Centre prior" in table
+    assert "python -m deeppneumonia.studies.localization -c quick" in capsys.readouterr().out

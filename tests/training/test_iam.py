@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from deeppneumonia.config import Config, load_config
+from deeppneumonia.config import Config, IAMConfig, OptimConfig, load_config
 from deeppneumonia.errors import ConfigError
 from deeppneumonia.evaluation.iam_maps import aggregate_maps, iam_heatmaps, load_round_networks
 from deeppneumonia.losses.knowledge import kp_loss
@@ -19,7 +20,8 @@ from deeppneumonia.models.cam import class_maps, salient_mask
 from deeppneumonia.models.checkpoint import load_state, load_weights
 from deeppneumonia.models.factory import build_classifier
 from deeppneumonia.runtime.device import resolve_runtime
-from deeppneumonia.training.iam import IAMTask, positive_labels
+from deeppneumonia.training.iam import IAMTask, iam_lr_factor, positive_labels
+from deeppneumonia.training.loop import lr_factor
 from deeppneumonia.training.pipeline import prepare_data, run_train
 from deeppneumonia.transforms.erase import erase
 from tests.conftest import make_lesion_csv
@@ -148,6 +150,9 @@ def test_iam_end_to_end_and_mid_epoch_resume(tmp_path: Path, lesion_data: Path, 
     train_dir = tmp_path / "a" / "run" / "train"
     hist = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
     assert [h["val_iam_round"] for h in hist] == [0.0, 1.0]
+    # the loop runs the task's schedule: lr at the end of round 0 = the mining round's start (0.1 x 0.01), which
+    # decays by a cosine to 0 at the end of the round (the global cosine would give 0.005 after epoch 1)
+    assert hist[0]["lr"] == pytest.approx(0.001) and hist[1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert "train_kp" not in hist[0] and hist[1]["train_kp"] >= 0 and 0 < hist[1]["train_erased_area"] < 1
     state, meta = load_weights(train_dir / "model.safetensors")
     assert meta["arch"] == "resnet18_msa34" and meta["epoch"] == 2 and meta["iam_round"] == 1
@@ -166,6 +171,9 @@ def test_iam_end_to_end_and_mid_epoch_resume(tmp_path: Path, lesion_data: Path, 
     res = evaluate_checkpoint(train_dir / "model.safetensors", lesion_data, tmp_path / "eval", split="test",
                               cache_dir=tmp_path.parent / "cache", n_boot=5, gallery_per_class=0, progress=False)
     assert res.metrics["localization_iam"]["rounds"] == 2 and res.metrics["localization_iam"]["overall"]["n"] > 0
+    occ, refs = res.metrics["occlusion"], res.metrics["localization_references"]  # issue 18's evaluate block
+    assert occ["n"] + occ["skipped"] > 0 and "difference" in occ and "road" in occ
+    assert "centre prior" in refs and "oracle 2x2" in refs  # Grad-CAM at layer4 of a 48-px input: 2x2
 
     killed = tiny_iam_config(tmp_path / "b", lesion_data, "run.checkpoint_minutes=0")  # saves after every step
     original = IAMTask.training_step
@@ -196,3 +204,34 @@ def test_aggregate_max_and_mean() -> None:
     with pytest.raises(ValueError):
         aggregate_maps(maps, "median")
     assert np.isfinite(iam_heatmaps([build_classifier(2).eval()], torch.randn(1, 1, 64, 64), [0])).all()
+
+
+def test_a_one_epoch_mining_round_does_not_ramp_the_learning_rate_up() -> None:
+    """The case of issue 18: IAM from a trained network (no warm-up round), one mining epoch, the preset's
+    one-epoch linear warm-up in train.optim. The round now starts at round_lr and only decays."""
+    optim = OptimConfig(epochs=1, lr=0.02, warmup_epochs=1.0)
+    ic = IAMConfig(warmup_epochs=0, iterations=1, epochs_per_iteration=1, init="model.safetensors")
+    spe = 10
+    f = [iam_lr_factor(s, spe, ic, optim) for s in range(spe + 1)]  # + the loop's final scheduler step
+    assert f[0] == pytest.approx(ic.round_lr) and ic.round_lr == 0.1
+    assert all(b is not None and a is not None and b <= a for a, b in itertools.pairwise(f))
+    assert f[-1] == pytest.approx(0.0, abs=1e-12)
+    # before issue 18 (round_schedule=global) the loop's own schedule applied: a ramp up to the full rate
+    assert iam_lr_factor(0, spe, IAMConfig(round_schedule="global"), optim) is None
+    old = [lr_factor(s, spe, spe, optim.schedule) for s in range(spe)]
+    assert old[0] == pytest.approx(0.1) and old[-1] == pytest.approx(1.0)
+
+
+def test_iam_round_schedule_restarts_each_round() -> None:
+    optim = OptimConfig(epochs=5, lr=0.01, warmup_epochs=0.5, schedule="cosine")
+    ic = IAMConfig(warmup_epochs=1, iterations=2, epochs_per_iteration=2, round_lr=0.2)
+    spe = 4
+    f = [iam_lr_factor(s, spe, ic, optim) for s in range(5 * spe + 1)]
+    assert f[:4] == pytest.approx([lr_factor(s, 4, 2, "cosine") for s in range(4)])  # round 0: its own warm-up + cosine
+    for start in (4, 12):  # mining rounds 1 and 2: 8 steps each, from 0.2 down
+        seg = f[start:start + 8]
+        assert seg[0] == pytest.approx(0.2) and all(b < a for a, b in itertools.pairwise(seg))
+        assert seg[4] == pytest.approx(0.1)  # half-way through the round: half the start (cosine)
+    assert f[-1] == pytest.approx(0.0, abs=1e-12)
+    const = IAMConfig(warmup_epochs=1, iterations=2, epochs_per_iteration=2, round_schedule="constant")
+    assert {iam_lr_factor(s, spe, const, optim) for s in range(4, 20)} == {0.1}

@@ -8,7 +8,12 @@ Protocols:
   localized at T(IoU)=t when some predicted box has IoU >= t with some ground-truth box. Reported for
   t in :data:`IOU_THRESHOLDS` (0.1 ... 0.7).
 * **Pointing game** (Zhang et al. 2016): a hit when the heatmap's maximum lies inside a ground-truth box,
-  or within ``tolerance_px`` pixels of one (the paper uses 15 px at image resolution).
+  or within ``tolerance_px`` pixels of one (the paper uses 15 px at image resolution). **Tie rule**: the
+  "maximum" is not the first maximal pixel in raster order (with coarse maps upsampled bilinearly the maximum is
+  a plateau, and which pixel of it comes first depends on float rounding) but the centroid of the largest
+  connected region of pixels within ``TIE_EPS`` (1e-4) of the normalised maximum; when several such regions
+  are equally large, each counts with equal weight, so the score is the fraction of them that hit
+  (:func:`pointing_score`).
 * **Energy inside the boxes** (the "energy-based pointing game" of Score-CAM, Wang et al. 2020): the share
   of the normalised heatmap's mass that falls inside the union of the boxes.
 * **Mask IoU**: IoU of the thresholded heatmap, as a pixel mask, with the union-of-boxes mask.
@@ -27,12 +32,22 @@ Conventions:
   (``max_box_iou`` = 0, every ``tiou@t`` = 0) and ``mask_iou`` = 0; the pointing game counts it as a miss;
   its energy is that of a uniform map, i.e. the area share of the box-union mask.
 * Every score is a plain Python ``float`` (``bool`` for :func:`pointing_hit`), so results are JSON-ready.
+
+References, so that each score is read against what the map's grid allows (issue 18):
+
+* **Oracle ceiling** (:func:`oracle_heatmap`): the ground-truth box mask average-pooled to the heatmap's own
+  grid (e.g. 2x2 for ``layer4`` at 64 px) and upsampled bilinearly (``align_corners=False``) the way CAM and
+  Grad-CAM are. No map computed on that grid can localize much better than this.
+* **Centre prior** (:func:`centre_prior_map`): one fixed Gaussian at the image centre for every image.
+* **Which class's map** (:func:`boxes_by_class`): a multi-class image is scored with its labelled class; a
+  multi-label image once per finding that has boxes, with the boxes of that finding (matched by the box label).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -40,6 +55,10 @@ from scipy import ndimage
 Box = tuple[float, float, float, float]
 
 IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+# Pixels within TIE_EPS of the normalised maximum (1.0) are maximal: well above float round-off of bilinear
+# upsampling (~1e-7), well below any real difference of a learned map.
+TIE_EPS = 1e-4
 
 # 8-connectivity: diagonal neighbours belong to the same component (as skimage.measure.label's default).
 _STRUCTURE = np.ones((3, 3), dtype=bool)
@@ -147,32 +166,69 @@ def box_iou(a: Box, b: Box) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def pointing_hit(heatmap: np.ndarray, boxes: Sequence[Box], tolerance_px: float = 0.0) -> bool:
-    """Pointing game: does the heatmap's maximum fall on a ground-truth box?
+def _maximal_points(norm: np.ndarray, tie_eps: float) -> list[tuple[float, float]]:
+    """(x, y) centroids of the largest connected regions (8-connectivity) of pixels >= 1 - ``tie_eps``.
+
+    One point unless several regions are equally large; in raster order of their first pixel.
+    """
+    labels, n = ndimage.label(norm >= 1.0 - tie_eps, structure=_STRUCTURE)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    largest = [k + 1 for k in np.flatnonzero(sizes == sizes.max())]
+    grid = np.indices(norm.shape)
+    rows, cols = grid[0], grid[1]
+    out = []
+    for k in largest:
+        sel = labels == k
+        out.append((float(cols[sel].mean()) + 0.5, float(rows[sel].mean()) + 0.5))
+    return out
+
+
+def _point_hits(px: float, py: float, valid: np.ndarray, tolerance_px: float) -> bool:
+    """Is the point (x, y) inside some box rectangle (x <= px < x + w, y <= py < y + h) or within tolerance?"""
+    inside = ((valid[:, 0] <= px) & (px < valid[:, 0] + valid[:, 2])
+              & (valid[:, 1] <= py) & (py < valid[:, 1] + valid[:, 3]))
+    if inside.any():
+        return True
+    if tolerance_px <= 0:
+        return False
+    dx = np.maximum(np.maximum(valid[:, 0] - px, 0.0), px - (valid[:, 0] + valid[:, 2]))
+    dy = np.maximum(np.maximum(valid[:, 1] - py, 0.0), py - (valid[:, 1] + valid[:, 3]))
+    return bool(np.min(np.hypot(dx, dy)) <= tolerance_px)
+
+
+def pointing_score(heatmap: np.ndarray, boxes: Sequence[Box], tolerance_px: float = 0.0,
+                   tie_eps: float = TIE_EPS) -> float:
+    """Pointing game with a defined tie rule, in [0, 1].
 
     Args:
         heatmap: (H, W) float array, any range.
         boxes: ground-truth (x, y, w, h) boxes in the heatmap's pixels.
-        tolerance_px: also a hit when the maximum pixel's centre is within this Euclidean distance (pixels)
-            of a box rectangle.
+        tolerance_px: also a hit when the point is within this Euclidean distance (pixels) of a box rectangle.
+        tie_eps: pixels whose normalised value is >= 1 - ``tie_eps`` are maximal.
 
-    The maximum is the first maximal pixel in raster order (``np.argmax``). It is a hit when that pixel is
-    inside the box-union mask (:func:`box_mask`) or, for ``tolerance_px > 0``, when its centre is within
-    ``tolerance_px`` of a box. A constant heatmap has no maximum: always a miss. No boxes: a miss.
+    The point is the centroid (mean of the pixel centres) of the largest connected region (8-connectivity) of
+    maximal pixels; a hit when it lies in a box rectangle (x <= px < x + w, y <= py < y + h) or within
+    ``tolerance_px`` of one. When k regions are equally large the score is the fraction of their centroids
+    that hit (the expected hit of a uniformly random choice), so it never depends on raster order. A single
+    maximal pixel gives the classic rule (its centre is inside a box exactly when :func:`box_mask` holds it).
+    A constant heatmap has no maximum: 0. No boxes: 0.
     """
     norm, constant = _normalise(heatmap)
     valid = _valid_boxes(boxes)
     if constant or len(valid) == 0:
-        return False
-    i, j = np.unravel_index(int(np.argmax(norm)), norm.shape)
-    if box_mask(boxes, norm.shape)[i, j]:
-        return True
-    if tolerance_px <= 0:
-        return False
-    px, py = float(j) + 0.5, float(i) + 0.5
-    dx = np.maximum(np.maximum(valid[:, 0] - px, 0.0), px - (valid[:, 0] + valid[:, 2]))
-    dy = np.maximum(np.maximum(valid[:, 1] - py, 0.0), py - (valid[:, 1] + valid[:, 3]))
-    return bool(np.min(np.hypot(dx, dy)) <= tolerance_px)
+        return 0.0
+    points = _maximal_points(norm, tie_eps)
+    return float(sum(_point_hits(px, py, valid, tolerance_px) for px, py in points) / len(points))
+
+
+def pointing_hit(heatmap: np.ndarray, boxes: Sequence[Box], tolerance_px: float = 0.0,
+                 tie_eps: float = TIE_EPS) -> bool:
+    """Pointing game as a yes/no: True when :func:`pointing_score` is 1 (every tied maximal region hits).
+
+    With one largest maximal region (the usual case) this is "its centroid lies in a box, or within
+    ``tolerance_px`` of one". A constant heatmap or no boxes: a miss.
+    """
+    return pointing_score(heatmap, boxes, tolerance_px, tie_eps) >= 1.0
 
 
 def energy_inside(heatmap: np.ndarray, boxes: Sequence[Box]) -> float:
@@ -211,8 +267,9 @@ def localization_scores(heatmap: np.ndarray, boxes: Sequence[Box], threshold: fl
         threshold: threshold on the normalised heatmap for the predicted boxes and the mask IoU.
 
     Returns:
-        ``{"pointing": 0.0 | 1.0, "energy": ..., "mask_iou": ..., "max_box_iou": best IoU of any predicted
-        box with any ground-truth box (0 when no box is predicted), "tiou@0.1": 0.0 | 1.0, ..., "tiou@0.7"}``,
+        ``{"pointing": in [0, 1] (:func:`pointing_score`; 0 or 1 but for exact ties), "energy": ...,
+        "mask_iou": ..., "max_box_iou": best IoU of any predicted box with any ground-truth box (0 when no box
+        is predicted), "tiou@0.1": 0.0 | 1.0, ..., "tiou@0.7"}``,
         all plain floats; ``tiou@t`` is 1 when ``max_box_iou >= t``.
 
     Raises:
@@ -224,7 +281,7 @@ def localization_scores(heatmap: np.ndarray, boxes: Sequence[Box], threshold: fl
     pred = heatmap_boxes(heatmap, threshold)
     best = max((box_iou(p, g) for p in pred for g in gt_boxes), default=0.0)
     out: dict[str, float] = {
-        "pointing": float(pointing_hit(heatmap, gt_boxes)),
+        "pointing": pointing_score(heatmap, gt_boxes),
         "energy": energy_inside(heatmap, gt_boxes),
         "mask_iou": mask_iou(heatmap, gt_boxes, threshold),
         "max_box_iou": float(best),
@@ -272,3 +329,189 @@ def summarize_localization(scores: Sequence[dict[str, float]], labels: Sequence[
             groups.setdefault(str(lab), []).append(s)
         out["per_label"] = {lab: _mean_dict(groups[lab]) for lab in sorted(groups)}
     return out
+
+
+# --- references: what the grid allows (oracle) and what a fixed guess gets (centre prior) ---------------------
+
+STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
+def feature_grid(size: int | tuple[int, int], layer: str | int) -> tuple[int, int]:
+    """(h, w) of a ResNet stage's output for an input of ``size`` pixels (``layer4`` or 4; stride 4 .. 32).
+
+    Each stride-2 step (3x3 convolution or max pooling with padding 1) maps n to ceil(n / 2).
+    """
+    name = f"layer{layer}" if isinstance(layer, int) else layer
+    if name not in STRIDES:
+        raise ValueError(f"unknown layer {layer!r}; choose one of {sorted(STRIDES)}")
+    hw = (size, size) if isinstance(size, int) else size
+    halvings = int(math.log2(STRIDES[name]))
+    out = []
+    for n in hw:
+        for _ in range(halvings):
+            n = (n + 1) // 2
+        out.append(int(n))
+    return out[0], out[1]
+
+
+def grid_label(grid: tuple[int, int] | None) -> str:
+    """``"4x4"`` for (4, 4); ``"full"`` for a map with no coarser grid (None)."""
+    return "full" if grid is None else f"{grid[0]}x{grid[1]}"
+
+
+def oracle_heatmap(boxes: Sequence[Box], shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """The best map a ``grid``-resolution method can produce: the box mask pooled to ``grid``, upsampled back.
+
+    Args:
+        boxes: ground-truth (x, y, w, h) boxes in the (H, W) pixels of ``shape``.
+        shape: (H, W) of the heatmaps being scored.
+        grid: (h, w) of the method's own map (e.g. :func:`feature_grid` of its layer).
+
+    Returns:
+        (H, W) float32: the union-of-boxes mask (:func:`box_mask`) average-pooled to ``grid`` (adaptive average
+        pooling: each cell holds the box coverage of its area), then upsampled bilinearly with
+        ``align_corners=False`` as :func:`deeppneumonia.models.cam.normalized_maps` upsamples CAM.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    mask = torch.from_numpy(box_mask(boxes, shape).astype(np.float32))[None, None]
+    pooled = F.adaptive_avg_pool2d(mask, (int(grid[0]), int(grid[1])))
+    up = F.interpolate(pooled, size=(int(shape[0]), int(shape[1])), mode="bilinear", align_corners=False)
+    return up[0, 0].numpy()
+
+
+def centre_prior_map(shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 Gaussian at the image centre, sigma = a quarter of each side: the same map for every image.
+
+    A reference for what the scores give without looking at the image (SIIM's opacities lie in both lungs,
+    left and right of the centre, and are large, so a central blob overlaps them often).
+    """
+    h, w = int(shape[0]), int(shape[1])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.exp(-(((yy + 0.5 - h / 2) / (h / 4)) ** 2 + ((xx + 0.5 - w / 2) / (w / 4)) ** 2) / 2).astype(np.float32)
+
+
+class LabelledBox(Protocol):
+    """A box with an optional finding name (e.g. :class:`deeppneumonia.data.manifest.Box`)."""
+
+    @property
+    def x(self) -> float: ...
+    @property
+    def y(self) -> float: ...
+    @property
+    def w(self) -> float: ...
+    @property
+    def h(self) -> float: ...
+    @property
+    def label(self) -> str | None: ...
+
+
+def boxes_by_class(boxes: Sequence[LabelledBox], target: Sequence[float], classes: Sequence[str],
+                   multilabel: bool) -> list[tuple[int, list[Box]]]:
+    """Which class's map each image's boxes are scored against: ``[(class index, boxes), ...]``.
+
+    Args:
+        boxes: the image's boxes (objects with x, y, w, h and an optional ``label``, e.g. ``data.manifest.Box``).
+        target: the image's (C,) target: one-hot (multi-class) or 0/1/NaN per label (multi-label).
+        classes: the C class names.
+        multilabel: whether the labels are independent findings.
+
+    Returns:
+        Multi-class: one entry, the labelled class (argmax of the target) with every box (box labels such as
+        SIIM's "opacity" name no class). Multi-label: one entry per finding that has boxes, with only that
+        finding's boxes: a box whose ``label`` names a class (case-insensitive) belongs to that class; a box
+        whose label names none (or has none) belongs to the image's first positive finding. Sorted by class
+        index; empty when there are no boxes (or, multi-label, no box can be attributed to a class).
+    """
+    xywh = [(float(b.x), float(b.y), float(b.w), float(b.h)) for b in boxes]
+    if not xywh:
+        return []
+    t = np.asarray(target, dtype=np.float64)
+    if not multilabel:
+        return [(int(np.nanargmax(t)), xywh)]
+    index = {c.lower(): k for k, c in enumerate(classes)}
+    positives = [k for k in range(len(t)) if t[k] == 1]
+    groups: dict[int, list[Box]] = {}
+    for b, box in zip(boxes, xywh, strict=True):
+        k = index.get((b.label or "").lower())
+        if k is None:
+            if not positives:
+                continue
+            k = positives[0]
+        groups.setdefault(k, []).append(box)
+    return sorted(groups.items())
+
+
+def reference_scores(boxes: Sequence[Sequence[Box]], shape: tuple[int, int],
+                     grids: Sequence[tuple[int, int]], threshold: float = 0.5) -> dict[str, dict[str, Any]]:
+    """Scores of the centre prior and of the oracle at each grid, on the same (image, boxes) items.
+
+    Args:
+        boxes: per scored item, its ground-truth (x, y, w, h) boxes in the (H, W) pixels of ``shape``.
+        shape: (H, W) of the heatmaps.
+        grids: the grids of the maps being compared (duplicates are scored once).
+        threshold: as in :func:`localization_scores`.
+
+    Returns:
+        ``{"centre prior": summary, "oracle 2x2": summary, ...}``; each summary is that of
+        :func:`summarize_localization` plus ``"grid"`` (``"full"`` or ``"hxw"``) and ``"per_image"`` (the
+        per-item score lists of every key, for paired comparisons).
+    """
+    prior = centre_prior_map(shape)
+    out: dict[str, dict[str, Any]] = {}
+    maps: list[tuple[str, tuple[int, int] | None]] = [("centre prior", None)]
+    for g in dict.fromkeys((int(a), int(b)) for a, b in grids):
+        maps.append((f"oracle {grid_label(g)}", g))
+    for name, grid in maps:
+        rows = [localization_scores(prior if grid is None else oracle_heatmap(b, shape, grid), b, threshold)
+                for b in boxes]
+        summary = summarize_localization(rows)
+        summary["grid"] = grid_label(grid)
+        summary["per_image"] = {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
+        out[name] = summary
+    return out
+
+
+def patient_bootstrap_mean(values: Sequence[float], patients: Sequence[Hashable], n_boot: int = 2000,
+                           seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """Mean of per-item values (e.g. paired differences) with a percentile bootstrap CI over patients.
+
+    Patients are resampled with replacement (all their items together), so several images of one patient do
+    not count as independent evidence. Returns ``{"mean", "lo", "hi", "n", "patients"}`` (plain floats; NaN
+    bounds when fewer than two patients).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) != len(patients):
+        raise ValueError(f"{len(v)} values for {len(patients)} patient ids")
+    if len(v) == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0, "patients": 0}
+    _, inverse = np.unique(np.asarray([str(p) for p in patients]), return_inverse=True)
+    n_pat = int(inverse.max()) + 1
+    sums = np.bincount(inverse, weights=v, minlength=n_pat)
+    counts = np.bincount(inverse, minlength=n_pat).astype(np.float64)
+    lo = hi = float("nan")
+    if n_pat > 1:
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, n_pat, size=(n_boot, n_pat))
+        means = sums[draws].sum(1) / counts[draws].sum(1)
+        lo, hi = (float(q) for q in np.quantile(means, [alpha / 2, 1 - alpha / 2]))
+    return {"mean": float(v.mean()), "lo": lo, "hi": hi, "n": len(v), "patients": n_pat}
+
+
+def cache_reference_scores(cache: Any, indices: Sequence[int], classes: Sequence[str], multilabel: bool,
+                           grids: Sequence[tuple[int, int]], max_images: int | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`reference_scores` on the boxed images among ``indices`` of a cache (``cache.boxes(i)``,
+    ``cache.manifest.records[i].target``, square ``cache.size``), one item per (image, class with boxes) as
+    :func:`boxes_by_class` gives; at most ``max_images`` boxed images. ``per_image`` lists are dropped."""
+    boxed = [int(i) for i in indices if cache.boxes(int(i))]
+    if max_images is not None:
+        boxed = boxed[:max_images]
+    items = [b for i in boxed
+             for _, b in boxes_by_class(cache.boxes(i), cache.manifest.records[i].target, classes, multilabel)]
+    if not items:
+        return {}
+    refs = reference_scores(items, (int(cache.size), int(cache.size)), grids)
+    for summ in refs.values():
+        summ.pop("per_image", None)
+    return refs

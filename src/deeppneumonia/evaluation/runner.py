@@ -26,7 +26,7 @@ from deeppneumonia.data.manifest import Box
 from deeppneumonia.data.sources import load_source
 from deeppneumonia.errors import DataError
 from deeppneumonia.evaluation.bootstrap import evaluate_with_ci
-from deeppneumonia.evaluation.localization import localization_scores, summarize_localization
+from deeppneumonia.evaluation.localization import boxes_by_class, localization_scores, summarize_localization
 from deeppneumonia.inference.explain import gradcam, overlay
 from deeppneumonia.inference.predictor import Predictor
 from deeppneumonia.models.checkpoint import write_json
@@ -135,6 +135,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
         result["localization_mgacr"] = _score_attention(pred, heads_path, cache, order, max_cam_images)
     if (checkpoint.parent / "iam_rounds.safetensors").is_file():
         result["localization_iam"] = _score_iam(pred, checkpoint, cache, order, targets, max_cam_images)
+    # --- issue 18: reference rows (centre prior, oracle at each map's grid) and the box-occlusion test ------------
+    result.update(_references_and_occlusion(pred, cache, order, gradcam_layer, result, max_cam_images, n_boot))
+    # ---------------------------------------------------------------------------------------------------------------
     write_json(out / "metrics.json", result)
     _write_predictions(out / "predictions.csv", recs, probs, pred)
     from deeppneumonia.evaluation.report import write_report
@@ -186,17 +189,39 @@ def _score_attention(pred: Predictor, heads_path: Path, cache: Any, order: np.nd
     return {f"layer{layer}": summarize_localization(v) for layer, v in scores.items() if v}
 
 
+def _references_and_occlusion(pred: Predictor, cache: Any, order: np.ndarray, layer: str, result: dict[str, Any],
+                              max_images: int, n_boot: int) -> dict[str, Any]:
+    """``localization_references`` (centre prior and the oracle at the grid of Grad-CAM at ``layer`` and of each
+    MGACR map+ scored) and ``occlusion`` (box-occlusion test + ROAD, ``evaluation/occlusion.py``) on the boxed
+    images; {} when none has boxes."""
+    from deeppneumonia.evaluation.localization import STRIDES, cache_reference_scores, feature_grid
+    from deeppneumonia.evaluation.occlusion import occlusion_report
+
+    if not any(cache.boxes(int(i)) for i in order):
+        return {}
+    names = [layer] if layer in STRIDES else []
+    names += [name for name in result.get("localization_mgacr", {}) if name in STRIDES]
+    grids = sorted({feature_grid(pred.pre.size, name) for name in names}, reverse=True)
+    refs = cache_reference_scores(cache, order.tolist(), pred.classes, pred.multilabel, grids, max_images)
+    occ = occlusion_report(pred, cache, order.tolist(), max_images=max_images,
+                           road_layer=layer if layer in STRIDES else "layer4", n_boot=max(n_boot, 200))
+    occ.pop("per_image", None)
+    return {"localization_references": refs, "occlusion": occ}
+
+
 def _boxed_localization(pred: Predictor, cache: Any, order: np.ndarray, targets: np.ndarray, max_images: int,
                         heatmaps: Callable[[Tensor, list[int]], Any]) -> dict[str, Any]:
     """Score ``heatmaps(x, classes)`` of the true class against the boxes on (up to ``max_images``) boxed images."""
     boxed = [k for k, i in enumerate(order) if cache.manifest.records[int(i)].boxes][:max_images]
+    # one item per (image, class with boxes): multi-label images are scored per finding against its own boxes
+    items = [(k, c, b) for k in boxed
+             for c, b in boxes_by_class(cache.boxes(int(order[k])), targets[k], pred.classes, pred.multilabel)]
     scores, labels = [], []
-    for start in range(0, len(boxed), 32):
-        ks = boxed[start:start + 32]
-        x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
-        cls = [int(np.nanargmax(targets[k])) for k in ks]
-        for k, c, heat in zip(ks, cls, heatmaps(x, cls), strict=True):
-            scores.append(localization_scores(heat, [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]))
+    for start in range(0, len(items), 32):
+        chunk = items[start:start + 32]
+        x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k, _, _ in chunk]))[:, None])
+        for (_, c, b), heat in zip(chunk, heatmaps(x, [c for _, c, _ in chunk]), strict=True):
+            scores.append(localization_scores(heat, b))
             labels.append(pred.classes[c])
     return summarize_localization(scores, labels) if scores else {}
 

@@ -10,13 +10,26 @@ Four models on one patient-grouped split (``data.split_seed``), lesion boxes use
    round-0 network (plain CAM before mining) and the IAM map (aggregate of the maps of rounds 0..K,
    :mod:`deeppneumonia.evaluation.iam_maps`).
 4. **Deep Pneumonia** (Table I row 5: Stage I encoder, MGACR guided *by the boxes of the training images*,
-   class-balanced focal loss): Grad-CAM at ``layer4``. It is the only row that sees boxes in training.
+   class-balanced focal loss): Grad-CAM at ``layer4``, and MGACR's own map+ of each guided layer when its heads
+   were kept (``train.keep_attention_heads=true``, set when the study trains it; a loaded ``guided`` model
+   needs ``mgacr_heads.safetensors`` next to it). It is the only model that sees boxes in training.
 
 Rows 1 and 4 can be loaded from existing run folders (``baseline`` / ``guided``: a ``model.safetensors``
 whose run's ``split.json`` must hold the same test images) instead of being trained again.
 Scores (``evaluation.localization``): T(IoU) accuracy at 0.1 ... 0.7 (heatmap >= 0.5 of its max, connected
-components as boxes) and the pointing game, on every boxed test image, for the labelled class, at the
-working resolution (``data.size``).
+components as boxes) and the pointing game (centroid of the largest maximal region), on every boxed test
+image for its labelled class (multi-label: once per finding with boxes, against that finding's boxes), at the
+working resolution (``data.size``). Every table also holds reference rows computed from the boxes alone: the
+**centre prior** (one fixed Gaussian) and the **oracle** of each grid a map in the table has (the box mask
+pooled to that grid and upsampled like CAM: the ceiling of a map of that resolution); the ``grid`` column says
+which. Paired differences (same items) have 95 % CIs from a bootstrap over patients.
+
+The **box-occlusion test** (``evaluation/occlusion.py``) runs on models 1 and 4: the drop in the true class's
+probability when the lesion boxes are filled minus the drop when the same box shapes are filled elsewhere,
+paired per image, with ROAD on Grad-CAM as a box-free measure.
+
+:func:`reference_study` computes the reference rows alone (no model), e.g.
+``python -m deeppneumonia.studies.localization -c siim-128-cpu --out runs/loc-refs-128``.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +46,22 @@ import torch
 
 from deeppneumonia.config import Config, load_config
 from deeppneumonia.errors import DataError
+from deeppneumonia.evaluation.attention_maps import load_mgacr_heads, mgacr_heatmaps
 from deeppneumonia.evaluation.iam_maps import iam_heatmaps, load_round_networks
-from deeppneumonia.evaluation.localization import IOU_THRESHOLDS, localization_scores, summarize_localization
+from deeppneumonia.evaluation.localization import (
+    IOU_THRESHOLDS,
+    Box,
+    boxes_by_class,
+    centre_prior_map,
+    feature_grid,
+    grid_label,
+    localization_scores,
+    patient_bootstrap_mean,
+    reference_scores,
+    summarize_localization,
+)
 from deeppneumonia.evaluation.metrics import scalar_metrics
+from deeppneumonia.evaluation.occlusion import occlusion_report, paired_model_difference
 from deeppneumonia.inference.explain import gradcam
 from deeppneumonia.inference.predictor import Predictor
 from deeppneumonia.studies.ablation import TABLE1
@@ -82,31 +108,80 @@ def _gradcam(pred: Predictor, x: torch.Tensor, cls: list[int]) -> np.ndarray:
     return gradcam(pred.model, x, cls, "layer4")
 
 
+Item = tuple[int, int, list[Box], str]  # (record index, class index, that class's boxes, patient id)
+
+
+def boxed_items(data: PreparedData, classes: Sequence[str], multilabel: bool) -> list[Item]:
+    """The scored items of the boxed test images, in test order: one per image (multi-class: the labelled
+    class), or one per finding with boxes (multi-label: that finding's boxes; :func:`boxes_by_class`)."""
+    out: list[Item] = []
+    for i in data.test.indices:
+        rec = data.manifest.records[int(i)]
+        for c, boxes in boxes_by_class(data.cache.boxes(int(i)), rec.target, classes, multilabel):
+            out.append((int(i), c, boxes, str(rec.patient_id)))
+    return out
+
+
 def score_heatmaps(pred: Predictor, data: PreparedData, heat: HeatFn, batch_size: int = 32) -> dict[str, Any]:
-    """Localization scores of ``heat`` on every boxed test image (class = the labelled one), summarised."""
-    cache, idx = data.cache, data.test.indices
-    boxed = [int(i) for i in idx if cache.boxes(int(i))]
+    """Localization scores of ``heat`` on every scored item (:func:`boxed_items`), summarised; ``per_image``
+    holds the per-item scores of :data:`PAIRED_KEYS` and the patient ids (same order for every row)."""
+    items = boxed_items(data, pred.classes, pred.multilabel)
     scores, labels = [], []
-    for start in range(0, len(boxed), batch_size):
-        ids = boxed[start:start + batch_size]
-        x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[i] for i in ids]))[:, None])
-        cls = [int(np.nanargmax(data.manifest.records[i].target)) for i in ids]
-        for i, c, h in zip(ids, cls, heat(pred, x, cls), strict=True):
-            scores.append(localization_scores(h, [(b.x, b.y, b.w, b.h) for b in cache.boxes(i)]))
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        x = pred.preprocess_uint8(torch.from_numpy(np.stack([data.cache.images[i] for i, *_ in chunk]))[:, None])
+        cls = [c for _, c, _, _ in chunk]
+        for (_, c, boxes, _), h in zip(chunk, heat(pred, x, cls), strict=True):
+            scores.append(localization_scores(h, boxes))
             labels.append(pred.classes[c])
     out = summarize_localization(scores, labels)
-    out["per_image"] = {k: [s[k] for s in scores] for k in PAIRED_KEYS}  # same image order for every row
+    out["per_image"] = {k: [s[k] for s in scores] for k in PAIRED_KEYS}
+    out["per_image"]["patient"] = [p for *_, p in items]
     return out
 
 
 PAIRED_KEYS = ("tiou@0.1", "tiou@0.2", "tiou@0.3", "tiou@0.5", "pointing")
 
 
-def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Mean of a - b over the same images and its 95 % CI (normal approximation of the paired differences)."""
+def paired_difference(a: list[float], b: list[float], patients: list[str] | None = None,
+                      n_boot: int = 2000) -> tuple[float, float, float]:
+    """Mean of a - b over the same items and its 95 % CI: a bootstrap over patients when ``patients`` is given
+    (:func:`patient_bootstrap_mean`), else the normal approximation of the paired differences."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if patients is not None:
+        r = patient_bootstrap_mean(d.tolist(), patients, n_boot)
+        return r["mean"], r["lo"], r["hi"]
     half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def row_grids(cfg: Config) -> dict[str, tuple[int, int]]:
+    """The grid of each kind of map at ``data.size``: Grad-CAM / CAM at layer4, the MSA map (its finest
+    aggregated layer), MGACR map+ of each guided layer (``"map+ layerL"``)."""
+    size = cfg.data.size
+    out = {"layer4": feature_grid(size, 4), "msa": feature_grid(size, min(cfg.train.iam.msa_layers))}
+    for layer in cfg.train.mgacr.layers:
+        out[f"map+ layer{layer}"] = feature_grid(size, layer)
+    return out
+
+
+def reference_rows(data: PreparedData, classes: Sequence[str], multilabel: bool,
+                   grids: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Centre-prior and oracle rows on the scored items (no model): what a fixed guess gets, and the ceiling
+    of each grid (:func:`deeppneumonia.evaluation.localization.reference_scores`)."""
+    items = boxed_items(data, classes, multilabel)
+    size = data.cache.size
+    refs = reference_scores([b for _, _, b, _ in items], (size, size), grids)
+    rows = []
+    for name, summ in refs.items():
+        per = {k: summ["per_image"][k] for k in PAIRED_KEYS}
+        per["patient"] = [p for *_, p in items]
+        summ["per_image"] = per
+        model = "Centre prior (no model)" if name == "centre prior" else f"Oracle {summ['grid']} (boxes)"
+        rows.append({"model": model, "maps": "Gaussian" if name == "centre prior" else "pooled box mask",
+                     "grid": summ["grid"], "reference": True, "checkpoint": None, "arch": None, "iam_rounds": 0,
+                     "localization": summ, "test": {}, "train_minutes": None, "score_seconds": None})
+    return rows
 
 
 def classification_on_test(pred: Predictor, data: PreparedData) -> dict[str, float]:
@@ -117,8 +192,10 @@ def classification_on_test(pred: Predictor, data: PreparedData) -> dict[str, flo
 
 
 def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline: Path | None = None,
-                     guided: Path | None = None) -> dict[str, Any]:
-    """Train (or load) the four models, score their heatmaps, write ``localization.json``; returns the summary."""
+                     guided: Path | None = None, occlusion_fill: str = "mean", road_images: int = 64) -> dict[str, Any]:
+    """Train (or load) the four models, score their heatmaps against the centre-prior and oracle rows, run the
+    occlusion test on ResNet18 and Deep Pneumonia (``occlusion_fill``: mean, blur or none), write
+    ``localization.json``; returns the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     base = load_config(preset, [*overrides, f"run.out_dir={out_dir}"])
     data = prepare_data(base, base.run.progress)
@@ -153,45 +230,91 @@ def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline:
         full = TABLE1[-1]
         enc = out_dir / "deep_pneumonia" / "pretrain" / "encoder.safetensors"
         models["deep_pneumonia"] = train("deep_pneumonia", (*full.overrides, "train.pretrained=true",
-                                                            f"train.encoder={enc}"), pretrain=True)
+                                                            f"train.encoder={enc}", "train.keep_attention_heads=true"),
+                                         pretrain=True)
 
     how = base.train.iam.aggregate
-    rows: list[dict[str, Any]] = []
+    grids = row_grids(base)
+    learned: list[tuple[str, str, str, str]] = [  # (model key, row label, maps, grid key)
+        ("resnet18", "ResNet18", "Grad-CAM", "layer4"), ("iam", "IAM (no MSA)", "round-0 CAM", "layer4"),
+        ("iam", "IAM (no MSA)", "IAM", "layer4"), ("iam_msa", "IAM + MSA", "round-0 CAM", "msa"),
+        ("iam_msa", "IAM + MSA", "IAM", "msa"), ("deep_pneumonia", "Deep Pneumonia (guided)", "Grad-CAM", "layer4")]
+    heads = load_mgacr_heads(models["deep_pneumonia"], base.run.device)
+    if heads is not None:  # MGACR's own maps, from the heads kept for analysis
+        learned += [("deep_pneumonia", "Deep Pneumonia (guided)", f"map+ layer{layer}", f"map+ layer{layer}")
+                    for layer in heads[1]["layers"]]
+        grids.update({f"map+ layer{layer}": feature_grid(base.data.size, layer) for layer in heads[1]["layers"]})
+    else:
+        log.warning("%s has no %s next to it: MGACR's own maps are not scored (train with "
+                    "train.keep_attention_heads=true)", models["deep_pneumonia"], "mgacr_heads.safetensors")
     pred0 = Predictor.from_checkpoint(models["resnet18"], base.run.device)
-    rows.append({"model": "Centre prior (no model)", "maps": "Gaussian", "checkpoint": None, "arch": None,
-                 "iam_rounds": 0, "localization": score_heatmaps(pred0, data, centre_prior), "test": {},
-                 "train_minutes": None, "score_seconds": None})
-    for key, label, maps in (("resnet18", "ResNet18", "Grad-CAM"), ("iam", "IAM (no MSA)", "round-0 CAM"),
-                             ("iam", "IAM (no MSA)", "IAM"), ("iam_msa", "IAM + MSA", "round-0 CAM"),
-                             ("iam_msa", "IAM + MSA", "IAM"), ("deep_pneumonia", "Deep Pneumonia (guided)", "Grad-CAM")):
-        pred = Predictor.from_checkpoint(models[key], base.run.device)
+    used = sorted({grids[g] for *_, g in learned}, reverse=True)
+    rows: list[dict[str, Any]] = reference_rows(data, pred0.classes, pred0.multilabel, used)
+    preds: dict[str, Predictor] = {}
+    for key, label, maps, grid_key in learned:
+        pred = preds.setdefault(key, Predictor.from_checkpoint(models[key], base.run.device))
         rounds, _ = load_round_networks(models[key], pred.rt.device)
         if maps == "Grad-CAM":
             fn: HeatFn = _gradcam
         elif maps == "round-0 CAM":
             fn = _cam_of(rounds[:1] or [pred.model], how)
-        else:
+        elif maps == "IAM":
             fn = _cam_of([*rounds, pred.model], how)
+        else:
+            assert heads is not None
+            fn = _mapplus(heads[0], int(maps.removeprefix("map+ layer")))
         t0 = time.perf_counter()
         loc = score_heatmaps(pred, data, fn)
-        rows.append({"model": label, "maps": maps, "checkpoint": str(models[key]), "arch": pred.meta["arch"],
-                     "iam_rounds": len(rounds), "localization": loc, "test": classification_on_test(pred, data),
-                     "train_minutes": minutes.get(key), "score_seconds": round(time.perf_counter() - t0, 1)})
+        rows.append({"model": label, "maps": maps, "grid": grid_label(grids[grid_key]), "checkpoint": str(models[key]),
+                     "arch": pred.meta["arch"], "iam_rounds": len(rounds), "localization": loc,
+                     "test": classification_on_test(pred, data), "train_minutes": minutes.get(key),
+                     "score_seconds": round(time.perf_counter() - t0, 1)})
         log.info("%s / %s: %s", label, maps, {k: round(v, 3) for k, v in loc["overall"].items()})
+    occlusion: dict[str, Any] = {}
+    if occlusion_fill != "none":
+        for key, label in (("resnet18", "ResNet18"), ("deep_pneumonia", "Deep Pneumonia (guided)")):
+            t0 = time.perf_counter()
+            occlusion[label] = occlusion_report(preds[key], data.cache, data.test.indices, fill=occlusion_fill,
+                                                seed=base.run.seed, road_images=road_images)
+            occlusion[label]["seconds"] = round(time.perf_counter() - t0, 1)
+        occlusion["Deep Pneumonia (guided) − ResNet18"] = paired_model_difference(
+            occlusion["Deep Pneumonia (guided)"], occlusion["ResNet18"])
     summary = {"preset": preset, "overrides": overrides, "data": base.data.path, "size": base.data.size,
-               "test_images": len(data.test), "boxed_test_images": rows[-1]["localization"]["overall"]["n"],
-               "iam": base.to_dict()["train"]["iam"], "aggregate": how, "rows": rows, "hardware": hardware()}
+               "test_images": len(data.test), "boxed_test_images": sum(1 for i in data.test.indices
+                                                                       if data.cache.boxes(int(i))),
+               "scored_items": rows[0]["localization"]["overall"]["n"], "iam": base.to_dict()["train"]["iam"],
+               "aggregate": how, "rows": rows, "occlusion": occlusion, "hardware": hardware()}
     (out_dir / "localization.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
 
 
+def reference_study(preset: str, overrides: list[str], out_dir: Path) -> dict[str, Any]:
+    """The centre-prior and oracle rows alone (no model is trained or read): the ceiling of each grid the full
+    study uses at ``data.size`` (:func:`row_grids`), on the same split and items; writes ``references.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = load_config(preset, [*overrides, f"run.out_dir={out_dir}"])
+    data = prepare_data(base, base.run.progress)
+    grids = row_grids(base)
+    multilabel = data.manifest.task == "multilabel"
+    rows = reference_rows(data, tuple(data.manifest.classes), multilabel, sorted(set(grids.values()), reverse=True))
+    summary = {"preset": preset, "overrides": overrides, "data": base.data.path, "size": base.data.size,
+               "test_images": len(data.test), "grids": {k: grid_label(v) for k, v in grids.items()},
+               "boxed_test_images": sum(1 for i in data.test.indices if data.cache.boxes(int(i))),
+               "scored_items": rows[0]["localization"]["overall"]["n"], "rows": rows, "occlusion": {},
+               "hardware": hardware()}
+    (out_dir / "references.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary
+
+
+def _mapplus(heads: torch.nn.Module, layer: int) -> HeatFn:
+    def fn(pred: Predictor, x: torch.Tensor, cls: list[int]) -> np.ndarray:
+        return mgacr_heatmaps(heads, pred.model, x, layer)
+    return fn
+
+
 def centre_prior(pred: Predictor, x: torch.Tensor, cls: list[int]) -> np.ndarray:
-    """The same map for every image: a Gaussian at the centre, sigma = a quarter of the side. A reference for
-    what the scores give without looking at the image (lesions of SIIM lie in the lungs, left and right of it)."""
-    h, w = x.shape[-2:]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    g = np.exp(-(((yy + 0.5 - h / 2) / (h / 4)) ** 2 + ((xx + 0.5 - w / 2) / (w / 4)) ** 2) / 2)
-    return np.repeat(g[None], len(cls), axis=0)
+    """The same map for every image (:func:`deeppneumonia.evaluation.localization.centre_prior_map`)."""
+    return np.repeat(centre_prior_map((int(x.shape[-2]), int(x.shape[-1])))[None], len(cls), axis=0)
 
 
 def _cam_of(nets: list[torch.nn.Module], how: str) -> HeatFn:
@@ -201,38 +324,96 @@ def _cam_of(nets: list[torch.nn.Module], how: str) -> HeatFn:
     return fn
 
 
+def _cell(v: float | None) -> str:
+    return "–" if v is None or v != v else f"{v:.3f}"
+
+
 def localization_markdown(summary: dict[str, Any], command: str) -> str:
+    """The study's tables: localization (reference rows first, each row's map grid), paired differences with
+    patient-bootstrap CIs, and the occlusion test."""
     ts = [f"T(IoU)={t:g}" for t in IOU_THRESHOLDS]
     hw = summary["hardware"]
     lines = [f"Data `{summary['data']}` at {summary['size']} px; {summary['boxed_test_images']} boxed images among the "
-             f"{summary['test_images']} held-out test images. Hardware: {hw['device']}, torch {hw['torch']}.", "",
+             f"{summary['test_images']} held-out test images ({summary.get('scored_items', '?')} scored items). "
+             f"Hardware: {hw['device']}, torch {hw['torch']}.", "",
              f"Command: `{command}`", "",
-             "| model | heatmap | " + " | ".join(ts) + " | pointing | test acc | test macro-F1 | train min |",
-             "|---|---|" + "---|" * (len(ts) + 4)]
+             "| model | heatmap | grid | " + " | ".join(ts) + " | pointing | test acc | test macro-F1 | train min |",
+             "|---|---|---|" + "---|" * (len(ts) + 4)]
     for r in summary["rows"]:
         o = r["localization"]["overall"]
-        cells = [f"{o.get(f'tiou@{t:g}', float('nan')):.3f}" for t in IOU_THRESHOLDS]
-        cells.append(f"{o.get('pointing', float('nan')):.3f}")
-        cells += [f"{r['test']['accuracy']:.3f}" if "accuracy" in r["test"] else "–",
-                  f"{r['test']['macro_f1']:.3f}" if "macro_f1" in r["test"] else "–"]
+        cells = [_cell(o.get(f"tiou@{t:g}")) for t in IOU_THRESHOLDS]
+        cells += [_cell(o.get("pointing")), _cell(r["test"].get("accuracy")), _cell(r["test"].get("macro_f1"))]
         cells.append("–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}")
-        lines.append(f"| {r['model']} | {r['maps']} | " + " | ".join(cells) + " |")
-    pairs = [(a, b) for a in summary["rows"] for b in summary["rows"]
+        lines.append(f"| {r['model']} | {r['maps']} | {r.get('grid', '–')} | " + " | ".join(cells) + " |")
+    rows = summary["rows"]
+    learned = [r for r in rows if not r.get("reference")]
+    pairs = [(a, b) for a in rows for b in rows
              if a["maps"] == "IAM" and b["maps"] == "round-0 CAM" and a["model"] == b["model"]]
-    base = next((r for r in summary["rows"] if r["model"] == "ResNet18"), None)
+    base = next((r for r in rows if r["model"] == "ResNet18"), None)
     if base is not None:
-        pairs += [(r, base) for r in summary["rows"] if r["maps"] == "IAM"]
+        pairs += [(r, base) for r in rows if r["maps"] == "IAM"]
+    guided_cam = next((r for r in rows if r["model"].startswith("Deep Pneumonia") and r["maps"] == "Grad-CAM"), None)
+    if guided_cam is not None:
+        pairs += [(r, guided_cam) for r in rows if r["maps"].startswith("map+")]
+    prior = next((r for r in rows if r["model"].startswith("Centre prior")), None)
+    if prior is not None:
+        pairs += [(r, prior) for r in learned]
     if pairs:
-        lines += ["", "Paired differences on the same images (mean and 95 % CI):", "",
+        lines += ["", "Paired differences on the same items (mean and 95 % CI, bootstrap over patients):", "",
                   "| comparison | " + " | ".join(PAIRED_KEYS) + " |", "|---|" + "---|" * len(PAIRED_KEYS)]
         for a, b in pairs:
             pa, pb = a["localization"].get("per_image", {}), b["localization"].get("per_image", {})
+            pats = pa.get("patient") if pa.get("patient") == pb.get("patient") else None
             cells = []
             for k in PAIRED_KEYS:
                 if k in pa and k in pb:
-                    m, lo, hi = paired_difference(pa[k], pb[k])
+                    m, lo, hi = paired_difference(pa[k], pb[k], pats)
                     cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
                 else:
                     cells.append("–")
             lines.append(f"| {a['model']} {a['maps']} − {b['model']} {b['maps']} | " + " | ".join(cells) + " |")
+    occ = summary.get("occlusion") or {}
+    if occ:
+        lines += ["", "Box occlusion (drop in the true class's probability; 95 % CI over patients) and ROAD:", "",
+                  "| model | fill | items | skipped | drop, lesion boxes filled | drop, same boxes elsewhere | "
+                  "paired difference | lesion worse | ROAD (Grad-CAM) |", "|---|---|---|---|---|---|---|---|---|"]
+
+        def ci(d: dict[str, float]) -> str:
+            return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+        for name, o in occ.items():
+            if "difference" not in o or not isinstance(o["difference"], dict):
+                continue
+            road = o.get("road", {})
+            lines.append(f"| {name} | {o['fill']} | {o['n']} | {o['skipped']} | {ci(o['drop_lesion'])} | "
+                         f"{ci(o['drop_outside'])} | {ci(o['difference'])} | {o['lesion_worse_share']:.2f} | "
+                         f"{ci(road) if road.get('n') else '–'} (n={road.get('n', 0)}) |")
+        for name, d in occ.items():
+            if "difference" not in d:
+                lines += ["", f"{name}, paired difference of the differences: {ci(d)} ({d['n']} items, "
+                          f"{d['patients']} patients)."]
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deeppneumonia.studies.localization -c PRESET [--out DIR] [overrides...]``: the reference rows."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="centre-prior and oracle rows of the localization study (no model)")
+    ap.add_argument("-c", "--config", default="siim-128-cpu")
+    ap.add_argument("--out", type=Path, default=Path("runs/localize-references"))
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    summary = reference_study(args.config, args.overrides, args.out)
+    import sys
+
+    cmd = "python -m deeppneumonia.studies.localization " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = localization_markdown(summary, cmd)
+    (args.out / "references.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

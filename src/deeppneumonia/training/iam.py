@@ -18,6 +18,11 @@ epoch number alone, so a killed run resumes exactly (``train.iam``, see :class:`
   with KP = KL(p_{k-1} || p) on softmax (multi-class) or per-label Bernoulli (multi-label) probabilities, or
   the mean squared difference of the logits (:func:`kp_loss`).
 
+Learning rate (``train.iam.round_schedule``, :func:`iam_lr_factor`): by default round 0 runs ``train.optim``'s
+warm-up and schedule over its own epochs, and every mining round restarts at ``round_lr`` x ``train.optim.lr``
+without warm-up and decays by a cosine inside the round; ``global`` keeps ``train.optim``'s schedule over the
+whole run (before issue 18: a one-epoch run then spent its mining round warming the rate up).
+
 Negative images (only negative classes, see ``negative_classes``) are never erased: they carry no lesion to
 mine. The final localization map of an image for class c is the ``aggregate`` (max or mean) of the
 normalised maps of the networks of rounds 0..K (:mod:`deeppneumonia.evaluation.iam_maps`); those networks
@@ -28,6 +33,7 @@ are saved next to the inference model in ``iam_rounds.safetensors`` (rounds 0..K
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deeppneumonia.config import Config, IAMConfig
+from deeppneumonia.config import Config, IAMConfig, OptimConfig
 from deeppneumonia.data.batches import Batch, CachedSplit
 from deeppneumonia.errors import ConfigError
 from deeppneumonia.evaluation.metrics import image_and_study_metrics
@@ -47,6 +53,7 @@ from deeppneumonia.models.checkpoint import load_weights, save_weights
 from deeppneumonia.models.factory import build_classifier, load_encoder
 from deeppneumonia.models.msa import msa_arch
 from deeppneumonia.runtime.device import Runtime
+from deeppneumonia.training.loop import lr_factor
 from deeppneumonia.training.supervised import model_metadata, resolve_best_metric, study_ids
 from deeppneumonia.transforms.erase import erase
 from deeppneumonia.transforms.inputs import make_inputs
@@ -99,8 +106,34 @@ def check_schedule(ic: IAMConfig, epochs: int) -> None:
         raise ConfigError(f"train.method=iam: train.optim.epochs is {epochs} but the IAM schedule needs "
                           f"warmup_epochs + iterations * epochs_per_iteration = {ic.warmup_epochs} + {ic.iterations}"
                           f" * {ic.epochs_per_iteration} = {expected}; set train.optim.epochs={expected}")
+    if not ic.round_lr > 0:
+        raise ConfigError(f"train.iam.round_lr must be > 0, got {ic.round_lr}")
     if not 0 < ic.erase_threshold <= 1:
         raise ConfigError(f"train.iam.erase_threshold must be in (0, 1], got {ic.erase_threshold}")
+
+
+def iam_lr_factor(step: int, steps_per_epoch: int, ic: IAMConfig, optim: OptimConfig) -> float | None:
+    """Learning-rate multiplier of optimizer step ``step`` of an IAM run (None: the loop's own schedule).
+
+    ``round_schedule``: ``global`` -> None (``train.optim`` over the whole run). Otherwise round 0 (epochs
+    ``0 .. warmup_epochs-1``) follows ``train.optim``'s warm-up and schedule over those epochs alone, and a
+    mining round of n steps, at its step s (0-based within the round), gets ``round_lr * (1 + cos(pi s / n)) / 2``
+    (``cosine``: starts at ``round_lr``, never ramps up, reaches 0 at the round's end) or ``round_lr``
+    (``constant``). Steps past the last round (the loop's final scheduler step) get the last round's end value.
+    """
+    if ic.round_schedule == "global":
+        return None
+    spe = max(1, int(steps_per_epoch))
+    epoch = step // spe
+    if epoch < ic.warmup_epochs:
+        total = ic.warmup_epochs * spe
+        return lr_factor(step, total, min(total, int(optim.warmup_epochs * spe)), optim.schedule)
+    n = ic.epochs_per_iteration * spe
+    k = min(max(ic.iterations, 1), (epoch - ic.warmup_epochs) // ic.epochs_per_iteration + 1)
+    s = min(n, step - (ic.warmup_epochs + (k - 1) * ic.epochs_per_iteration) * spe)
+    if ic.round_schedule == "constant":
+        return float(ic.round_lr)
+    return float(ic.round_lr * 0.5 * (1 + math.cos(math.pi * s / n)))
 
 
 class IAMTask:
@@ -161,6 +194,10 @@ class IAMTask:
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "iam_rounds": self.rounds}
+
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float | None:
+        """The loop's per-task schedule hook: :func:`iam_lr_factor` with this run's settings."""
+        return iam_lr_factor(step, steps_per_epoch, self.ic, self.cfg.train.optim)
 
     def steps_per_epoch(self) -> int:
         return max(1, len(self.train) // self.batch_size)

@@ -51,6 +51,9 @@ class Task(Protocol):
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]: ...
     def validate(self) -> dict[str, float]: ...
     def save_best(self, run_dir: Path, record: dict[str, Any]) -> None: ...
+    # Optional: ``lr_factor(step: int, steps_per_epoch: int) -> float | None``, the learning-rate multiplier of
+    # optimizer step ``step`` (0-based over the run); None there means the loop's schedule (``lr_factor`` below).
+    # Tasks without it get exactly the loop's schedule. IAM uses it for its rounds (training/iam.py).
 
 
 def onecycle_factor(step: int, total: int, warmup_fraction: float = 0.3, start: float = 0.04) -> float:
@@ -212,11 +215,17 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
                           nesterov=cfg.nesterov and cfg.momentum > 0)
     steps = task.steps_per_epoch()
     total, warmup = cfg.epochs * steps, int(cfg.warmup_epochs * steps)
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: onecycle_factor(s, total, cfg.onecycle_warmup, cfg.onecycle_start))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+    task_factor = getattr(task, "lr_factor", None)  # optional per-task schedule (see Task); None: the default
+
+    def factor(s: int) -> float:
+        f = task_factor(s, steps) if task_factor is not None else None
+        if f is not None:
+            return float(f)
+        if cfg.schedule == "onecycle":
+            return onecycle_factor(s, total, cfg.onecycle_warmup, cfg.onecycle_start)
+        return lr_factor(s, total, warmup, cfg.schedule)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     scaler = torch.amp.GradScaler(enabled=rt.dtype == torch.float16)
 
     start, best, best_epoch, history = 0, -math.inf, -1, []
