@@ -35,6 +35,25 @@ def load_cli_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def require_dicom_if_needed(paths: list[Path]) -> None:
+    """Fail early with the dicom extra's hint when a DICOM file is asked for and pydicom is missing.
+
+    Raises:
+        MissingExtraError: a path (or a file in a folder) ends in .dcm/.dicom and pydicom is not installed.
+    """
+    from deeppneumonia.extras import has, require
+
+    if has("pydicom"):
+        return
+    for p in paths:
+        files = p.rglob("*") if p.is_dir() else [p]
+        if any(f.suffix.lower() in DICOM_SUFFIXES for f in files):
+            require("pydicom")
+
+
 def print_json(title: str, data: object) -> None:
     from deeppneumonia.runtime import distributed
 

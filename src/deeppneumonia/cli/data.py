@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = data.add_parser("prepare", help="build the preprocessing cache (decode once, resize, memory-map)")
     add_source_args(p)
     p.add_argument("--size", type=int, default=224, help="working size in pixels (square)")
-    p.add_argument("--resize", default="squash", choices=["squash", "letterbox"])
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--resize", default="squash", choices=["squash", "letterbox"],
+                   help="squash (stretch to a square) or letterbox (keep the aspect, pad)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="cache folder (default: ~/.cache/deeppneumonia)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.set_defaults(func=cmd_data_prepare)
