@@ -24,7 +24,7 @@ def test_items_hold_image_target_mask_boxes(lesion_csv: Path, tmp_path: Path) ->
     assert len(ds) == 48 and ds.classes == ("clear", "lesion")
     item = ds[1]  # a 'lesion' image with one box
     assert item["image"].shape == (1, 32, 32) and item["image"].dtype == torch.float32
-    assert 0 <= float(item["image"].min()) and float(item["image"].max()) <= 1
+    assert float(item["image"].min()) >= 0 and float(item["image"].max()) <= 1
     assert item["target"].tolist() == [0.0, 1.0]
     assert item["boxes"].shape == (1, 4) and item["mask"].shape == (1, 32, 32)
     x, y, w, h = item["boxes"][0].tolist()

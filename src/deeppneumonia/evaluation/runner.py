@@ -147,7 +147,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
     except MissingExtraError as exc:  # metrics and report still written: no Grad-CAM, no gallery, said so
         log.warning("no Grad-CAM localization or gallery: %s", exc)
         result["missing_extra"] = str(exc)
-        loc, gallery = {}, []
+        loc: dict[str, Any] = {}
+        gallery: list[tuple[str, Any]] = []
     else:
         loc, gallery = _explain(pred, cache, order, probs, targets, gradcam_layer, max_cam_images, gallery_per_class)
     result["localization_gradcam"] = loc
