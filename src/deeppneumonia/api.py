@@ -193,6 +193,12 @@ def evaluate(checkpoint: str | Path, data: str | Path, out_dir: str | Path, **kw
     Same as :func:`deeppneumonia.evaluation.runner.evaluate_checkpoint` (see it for ``split``, ``n_boot``, ...),
     except that ``data`` may be ``sample:NAME``.
 
+    Args:
+        checkpoint: a ``model.safetensors``.
+        data: a data folder, a CSV, or ``sample:NAME``.
+        out_dir: the output folder (``metrics.json``, ``predictions.csv``, ``report.html``).
+        **kwargs: ``source``, ``split``, ``cache_dir``, ``n_boot``, ``device``, ``progress``, ... of ``evaluate_checkpoint``.
+
     Returns:
         An ``EvalResult``: ``.out_dir`` (``report.html`` inside) and ``.metrics`` (``metrics["image"]["auroc_macro"]``...).
     """
