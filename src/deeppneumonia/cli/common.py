@@ -12,6 +12,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "deeppneumonia"
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
+    """The data-source arguments shared by the data commands: PATH, --source, --strict, --patient-regex."""
     from deeppneumonia.data.sources import SOURCE_KINDS
 
     p.add_argument("path", type=Path, help="data folder or generic CSV file")
@@ -21,6 +22,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
+    """``--config/-c PRESET`` and the positional dotted overrides."""
     p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
 
@@ -55,6 +57,7 @@ def require_dicom_if_needed(paths: list[Path]) -> None:
 
 
 def print_json(title: str, data: object) -> None:
+    """Print ``title`` and ``data`` as indented JSON (rank 0 only under torchrun)."""
     from deeppneumonia.runtime import distributed
 
     if not distributed.is_main():

@@ -10,6 +10,7 @@ from deeppneumonia.cli.common import DEFAULT_CACHE, add_source_args
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
+    """`deeppneumonia data inspect PATH`: print counts, sizes, formats and every problem."""
     from deeppneumonia.data.sources import load_source
     from deeppneumonia.data.summary import format_summary, summarize
 
@@ -23,6 +24,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """`deeppneumonia data prepare PATH`: build (or reuse) the preprocessing cache."""
     from deeppneumonia.data.cache import build_cache
     from deeppneumonia.data.sources import load_source
 
@@ -35,6 +37,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's commands to the ``deeppneumonia`` parser."""
     data = sub.add_parser("data", help="inspect and prepare data sets").add_subparsers(dest="data_cmd",
                                                                                       required=True)
     p = data.add_parser("inspect", help="counts, sizes, formats and every problem in a data set")

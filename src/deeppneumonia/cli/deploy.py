@@ -10,6 +10,7 @@ from deeppneumonia.errors import DeepPneumoniaError
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """`deeppneumonia predict`: probabilities for files and folders, as CSV or JSON (optionally with heatmaps)."""
     from deeppneumonia.cli.common import require_dicom_if_needed
     from deeppneumonia.extras import require
     from deeppneumonia.inference.files import predict_paths, write_predictions
@@ -27,6 +28,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`deeppneumonia export`: write the inference network as ONNX and check parity with PyTorch."""
     from deeppneumonia.extras import require
     from deeppneumonia.inference.export import export_onnx
 
@@ -39,6 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`deeppneumonia serve`: the web page and HTTP API for one model."""
     from deeppneumonia.extras import as_missing_extra, require
 
     require("fastapi", "uvicorn")
@@ -54,6 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's commands to the ``deeppneumonia`` parser."""
     p = sub.add_parser("predict", help="predict files, folders and DICOM; CSV or JSON out")
     p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")
     p.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")

@@ -9,6 +9,7 @@ from deeppneumonia.cli.common import DEFAULT_CACHE, require_dicom_if_needed
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`deeppneumonia evaluate`: metrics with CIs, predictions.csv and report.html; prints the report's path."""
     from deeppneumonia.data.sources import resolve_data_path
     from deeppneumonia.evaluation.runner import evaluate_checkpoint, format_metrics
 
@@ -21,6 +22,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """`deeppneumonia explain`: Grad-CAM overlays (PNG) for images; exit 2 when none could be read."""
     from deeppneumonia.extras import require
     from deeppneumonia.inference.files import predict_paths
 
@@ -39,6 +41,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    """`deeppneumonia probe`: kNN and linear-probe accuracy of a Stage I encoder against a random one."""
     from deeppneumonia.data.sources import resolve_data_path
     from deeppneumonia.evaluation.probe import probe_encoder
 
@@ -50,6 +53,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's commands to the ``deeppneumonia`` parser."""
     p = sub.add_parser("probe", help="judge a Stage I encoder alone: kNN and linear-probe accuracy")
     p.add_argument("--encoder", type=Path, required=True, help="a pretrain/encoder.safetensors")
     p.add_argument("--data", type=Path, required=True, help="data folder, CSV, or sample:NAME to probe on")

@@ -22,6 +22,7 @@ def _publish(out: Path, name: str, table: str) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    """`deeppneumonia ablate`: the paper's Table I over seeds; writes ablation.json and table1.md."""
     from deeppneumonia.studies.ablation import ablation_markdown, run_ablation
 
     out = Path(args.out)
@@ -31,6 +32,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """`deeppneumonia compare`: the paper's Table II (classical and deep baselines); writes table2.md."""
     from deeppneumonia.extras import require
     from deeppneumonia.studies.comparison import comparison_markdown, run_comparison
 
@@ -49,6 +51,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_multilabel(args: argparse.Namespace) -> int:
+    """`deeppneumonia multilabel`: CAN against a sigmoid baseline, per-finding AUROC with CIs."""
     from deeppneumonia.studies.multilabel import multilabel_markdown, run_multilabel_comparison
 
     out = Path(args.out)
@@ -57,6 +60,7 @@ def cmd_multilabel(args: argparse.Namespace) -> int:
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
+    """`deeppneumonia localize`: IAM against Grad-CAM/CAM baselines on the boxed test images."""
     from deeppneumonia.studies.localization import localization_markdown, run_localization
 
     out = Path(args.out)
@@ -65,6 +69,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's commands to the ``deeppneumonia`` parser."""
     p = sub.add_parser("ablate", help="the paper's Table I: five rows x seeds on one patient split, markdown table")
     add_config_args(p, default="siim-cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")

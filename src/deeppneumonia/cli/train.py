@@ -9,6 +9,7 @@ from deeppneumonia.cli.common import add_config_args, load_cli_config, print_jso
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    """`deeppneumonia pretrain`: Stage I (SimCLR) alone."""
     from deeppneumonia.training.pipeline import run_pretrain
 
     cfg = load_cli_config(args)
@@ -19,6 +20,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`deeppneumonia train`: Stage II alone (uses the run's Stage I encoder when train.pretrained)."""
     from deeppneumonia.training.pipeline import run_train
 
     cfg = load_cli_config(args)
@@ -71,6 +73,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_list(args: argparse.Namespace) -> int:
+    """`deeppneumonia config presets`: the names of the shipped presets."""
     from deeppneumonia.config import preset_names
 
     print("\n".join(preset_names()))
@@ -78,6 +81,7 @@ def cmd_config_list(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's commands to the ``deeppneumonia`` parser."""
     config = sub.add_parser("config", help="show the resolved configuration, list the presets").add_subparsers(
         dest="config_cmd", required=True)
     p = config.add_parser("show", help="print the resolved config (preset + overrides) as YAML")
