@@ -16,7 +16,8 @@ A user ``transform`` is applied to image, mask and boxes together, with one rand
 it is called as ``transform(image, mask, boxes)`` and must return the three in that order. With torchvision
 installed the three arrive as ``tv_tensors`` (``Image``, ``Mask``, ``BoundingBoxes`` in XYWH), so any
 ``torchvision.transforms.v2`` transform or ``v2.Compose`` works as is (photometric ones leave the mask alone);
-``kornia.augmentation.AugmentationSequential(..., data_keys=["input", "mask", "bbox_xywh"])`` has the same call.
+``kornia.augmentation.AugmentationSequential(..., data_keys=["input", "mask", "bbox_xywh"])`` takes the same three
+arguments (kornia is not a dependency; untested here).
 A MONAI dictionary transform fits with a three-line adapter (see docs/api.md).
 """
 
