@@ -148,3 +148,17 @@ def test_config_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown key" in capsys.readouterr().err
     assert main(["config", "presets"]) == 0
     assert {"quick", "quick-boxes", "paper"} <= set(capsys.readouterr().out.split())
+
+
+def test_run_ends_with_the_report_of_the_test_part(lesion_csv: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["-q", "run", "-c", "quick", "--n-boot", "20", f"data.path={lesion_csv}", "data.source=auto", "data.size=32",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.val_fraction=0.25", "data.test_fraction=0.25",
+            "pretrain.optim.epochs=1", "pretrain.optim.batch_size=8", "pretrain.knn_k=3", "train.optim.epochs=1",
+            "train.optim.batch_size=8", "train.optim.warmup_epochs=0", f"run.out_dir={tmp_path / 'run'}"]
+    assert main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("report (open in a browser): ") and last.endswith("report.html")
+    report = Path(last.split(": ", 1)[1])
+    assert report.is_file() and report.parent == (tmp_path / "run" / "evaluation").resolve()
+    assert "split <b>test</b>" in report.read_text()
