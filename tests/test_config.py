@@ -13,7 +13,8 @@ def test_presets_load_and_overrides_apply() -> None:
     cfg = load_config("quick", ["train.optim.epochs=3", "train.loss.gamma=1.5", "train.mgacr.layers=[3, 4]",
                                 "data.size=96", "train.encoder=null"])
     assert cfg.train.optim.epochs == 3 and cfg.train.loss.gamma == 1.5 and cfg.train.mgacr.layers == (3, 4)
-    assert cfg.data.size == 96 and cfg.data.path == "sample:nih"
+    assert cfg.data.size == 96 and cfg.data.path == "sample:kermany"
+    assert load_config("quick-boxes").data.path == "sample:nih"
     # untouched nested values keep the dataclass defaults
     assert cfg.train.optim.momentum == 0.9
     paper = load_config("paper")

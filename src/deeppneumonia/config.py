@@ -188,6 +188,10 @@ class TrainConfig:
     arch: Literal["resnet18", "resnet50", "vgg16", "vgg16_bn"] = "resnet18"  # others only as Table II baselines (no MGACR)
     pretrained: bool = True  # start from the Stage I encoder of the same run (or `encoder`)
     encoder: str | None = None  # explicit path to an encoder .safetensors
+    # a local torchvision/timm ResNet state dict (.safetensors or weights_only .pth) to start Stage II from; the RGB
+    # stem is summed to one grey channel, unmatched keys are reported (models/weights.py). Never downloaded.
+    # With train.pretrained=true the Stage I encoder is loaded after it and replaces its backbone weights.
+    init_weights: str | None = None
     mgacr: MGACRConfig = MGACRConfig()
     loss: LossConfig = LossConfig()
     iam: IAMConfig = IAMConfig()

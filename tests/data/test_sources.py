@@ -173,4 +173,4 @@ def test_shipped_sample_reads_cleanly() -> None:
     assert len(nih) == 200 and sum(bool(r.boxes) for r in nih.records) == 28
     assert not [p for p in nih.problems if p.severity == "error"]
     ker = load_source(resolve_data_path("sample:kermany"))
-    assert ker.class_counts() == {"NORMAL": 30, "PNEUMONIA": 30}
+    assert ker.class_counts() == {"NORMAL": 250, "PNEUMONIA": 375}  # scripts/make_sample.py

@@ -44,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeepPneumoniaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # an optional extra that a library call imported: one line, never a traceback
+        from deeppneumonia.extras import as_missing_extra
+
+        hint = as_missing_extra(exc)
+        if hint is None:
+            raise
+        print(f"error: {hint}", file=sys.stderr)
+        return 2
     except OSError as exc:  # the environment (a missing folder, permissions, a full disk), not a bug: one line
         log.debug("OS error", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)

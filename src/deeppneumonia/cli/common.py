@@ -12,6 +12,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "deeppneumonia"
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
+    """The data-source arguments shared by the data commands: PATH, --source, --strict, --patient-regex."""
     from deeppneumonia.data.sources import SOURCE_KINDS
 
     p.add_argument("path", type=Path, help="data folder or generic CSV file")
@@ -21,6 +22,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
+    """``--config/-c PRESET`` and the positional dotted overrides."""
     p.add_argument("--config", "-c", default=default, help=f"preset name or YAML path (default: {default})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optim.epochs=5 data.size=224")
 
@@ -35,7 +37,27 @@ def load_cli_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def require_dicom_if_needed(paths: list[Path]) -> None:
+    """Fail early with the dicom extra's hint when a DICOM file is asked for and pydicom is missing.
+
+    Raises:
+        MissingExtraError: a path (or a file in a folder) ends in .dcm/.dicom and pydicom is not installed.
+    """
+    from deeppneumonia.extras import has, require
+
+    if has("pydicom"):
+        return
+    for p in paths:
+        files = p.rglob("*") if p.is_dir() else [p]
+        if any(f.suffix.lower() in DICOM_SUFFIXES for f in files):
+            require("pydicom")
+
+
 def print_json(title: str, data: object) -> None:
+    """Print ``title`` and ``data`` as indented JSON (rank 0 only under torchrun)."""
     from deeppneumonia.runtime import distributed
 
     if not distributed.is_main():

@@ -10,6 +10,7 @@ from deeppneumonia.cli.common import DEFAULT_CACHE, add_source_args
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
+    """`deeppneumonia data inspect PATH`: print counts, sizes, formats and every problem."""
     from deeppneumonia.data.sources import load_source
     from deeppneumonia.data.summary import format_summary, summarize
 
@@ -23,6 +24,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """`deeppneumonia data prepare PATH`: build (or reuse) the preprocessing cache."""
     from deeppneumonia.data.cache import build_cache
     from deeppneumonia.data.sources import load_source
 
@@ -35,6 +37,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's commands to the ``deeppneumonia`` parser."""
     data = sub.add_parser("data", help="inspect and prepare data sets").add_subparsers(dest="data_cmd",
                                                                                       required=True)
     p = data.add_parser("inspect", help="counts, sizes, formats and every problem in a data set")
@@ -47,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = data.add_parser("prepare", help="build the preprocessing cache (decode once, resize, memory-map)")
     add_source_args(p)
     p.add_argument("--size", type=int, default=224, help="working size in pixels (square)")
-    p.add_argument("--resize", default="squash", choices=["squash", "letterbox"])
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--resize", default="squash", choices=["squash", "letterbox"],
+                   help="squash (stretch to a square) or letterbox (keep the aspect, pad)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="cache folder (default: ~/.cache/deeppneumonia)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.set_defaults(func=cmd_data_prepare)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deeppneumonia.cli.common import DEFAULT_CACHE
+from deeppneumonia.cli.common import DEFAULT_CACHE, require_dicom_if_needed
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`deeppneumonia evaluate`: metrics with CIs, predictions.csv and report.html; prints the report's path."""
     from deeppneumonia.data.sources import resolve_data_path
     from deeppneumonia.evaluation.runner import evaluate_checkpoint, format_metrics
 
@@ -21,7 +22,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """`deeppneumonia explain`: Grad-CAM overlays (PNG) for images; exit 2 when none could be read."""
+    from deeppneumonia.extras import require
     from deeppneumonia.inference.files import predict_paths
+
+    require("pytorch_grad_cam", "matplotlib")
+    require_dicom_if_needed(args.images)
 
     rows = predict_paths(args.checkpoint, args.images, heatmaps=args.out, device=args.device, progress=False,
                          explain_class=args.cls, layer=args.layer)
@@ -35,6 +41,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    """`deeppneumonia probe`: kNN and linear-probe accuracy of a Stage I encoder against a random one."""
     from deeppneumonia.data.sources import resolve_data_path
     from deeppneumonia.evaluation.probe import probe_encoder
 
@@ -46,32 +53,33 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's commands to the ``deeppneumonia`` parser."""
     p = sub.add_parser("probe", help="judge a Stage I encoder alone: kNN and linear-probe accuracy")
     p.add_argument("--encoder", type=Path, required=True, help="a pretrain/encoder.safetensors")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--source", default="auto")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", type=Path, required=True, help="data folder, CSV, or sample:NAME to probe on")
+    p.add_argument("--source", default="auto", help="data layout (default: detect)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="preprocessing cache folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")
     p.add_argument("--data", type=Path, required=True, help="data folder, CSV, or sample:NAME")
-    p.add_argument("--source", default="auto")
+    p.add_argument("--source", default="auto", help="data layout (default: detect)")
     p.add_argument("--split", default="auto", choices=["auto", "test", "val", "train", "all"],
                    help="auto: the run's held-out test patients when the data is the run's, else all images")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/evaluation)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="preprocessing cache folder")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of patients for the CIs")
-    p.add_argument("--layer", default="layer4", help="Grad-CAM layer")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--layer", default="layer4", help="Grad-CAM layer (default: layer4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("explain", help="Grad-CAM overlays (PNG) for images")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")
+    p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, DICOM) or folders")
     p.add_argument("--class", dest="cls", default=None, help="class to explain (default: the predicted one)")
-    p.add_argument("--layer", default="layer4")
-    p.add_argument("--out", type=Path, default=Path("explanations"))
-    p.add_argument("--device", default="auto")
+    p.add_argument("--layer", default="layer4", help="Grad-CAM layer (default: layer4)")
+    p.add_argument("--out", type=Path, default=Path("explanations"), help="folder for the overlays (default: explanations)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_explain)

@@ -22,6 +22,7 @@ def _publish(out: Path, name: str, table: str) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    """`deeppneumonia ablate`: the paper's Table I over seeds; writes ablation.json and table1.md."""
     from deeppneumonia.studies.ablation import ablation_markdown, run_ablation
 
     out = Path(args.out)
@@ -31,7 +32,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """`deeppneumonia compare`: the paper's Table II (classical and deep baselines); writes table2.md."""
+    from deeppneumonia.extras import require
     from deeppneumonia.studies.comparison import comparison_markdown, run_comparison
+
+    require("skimage")  # the classical rows use HOG features; checked before any training
 
     if args.ablation and not args.ablation.is_file():  # checked before hours of training, not after
         raise ConfigError(f"--ablation {args.ablation}: no such file (it is written by `deeppneumonia ablate`)")
@@ -46,6 +51,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_multilabel(args: argparse.Namespace) -> int:
+    """`deeppneumonia multilabel`: CAN against a sigmoid baseline, per-finding AUROC with CIs."""
     from deeppneumonia.studies.multilabel import multilabel_markdown, run_multilabel_comparison
 
     out = Path(args.out)
@@ -54,6 +60,7 @@ def cmd_multilabel(args: argparse.Namespace) -> int:
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
+    """`deeppneumonia localize`: IAM against Grad-CAM/CAM baselines on the boxed test images."""
     from deeppneumonia.studies.localization import localization_markdown, run_localization
 
     out = Path(args.out)
@@ -62,10 +69,11 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's commands to the ``deeppneumonia`` parser."""
     p = sub.add_parser("ablate", help="the paper's Table I: five rows x seeds on one patient split, markdown table")
     add_config_args(p, default="siim-cpu")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    p.add_argument("--out", default="runs/ablation", help="output folder (default: runs/ablation)")
     p.add_argument("--rows", type=int, nargs="+", default=None, choices=range(1, 6),
                    help="rows to run (default all); finished rows of other invocations still enter the table")
     p.add_argument("--record", type=Path, default=None,
@@ -75,8 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("compare", help="the paper's Table II: classical and deep baselines on the same split")
     add_config_args(p, default="siim-cpu")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
     p.add_argument("--ablation", type=Path, default=None, help="ablation.json whose rows 1 and 5 fill ResNet18/full")
     p.add_argument("--no-deep", action="store_true", help="classical models only (skip VGG16/ResNet50)")
     p.add_argument("--previous", type=Path, default=None,
@@ -85,15 +93,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("multilabel", help="CAN against the plain sigmoid classifier: per-finding AUROC with CIs")
     add_config_args(p, default="nih-multilabel-cpu")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--out", default="runs/multilabel")
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    p.add_argument("--out", default="runs/multilabel", help="output folder (default: runs/multilabel)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of patients for the CIs")
     p.set_defaults(func=cmd_multilabel)
 
     p = sub.add_parser("localize", help="IAM (with/without MSA) vs Grad-CAM of ResNet18 and Deep Pneumonia: T(IoU), "
                        "pointing game on the boxed test images")
     add_config_args(p, default="siim-ablation-cpu")
-    p.add_argument("--out", default="runs/localize")
+    p.add_argument("--out", default="runs/localize", help="output folder (default: runs/localize)")
     p.add_argument("--baseline", type=Path, default=None, help="a ResNet18 model.safetensors of the same split "
                    "(Table I row 1) instead of training one")
     p.add_argument("--guided", type=Path, default=None, help="a Deep Pneumonia model.safetensors of the same split "

@@ -113,14 +113,21 @@ def write_report(path: Path, result: dict[str, Any], pred: Predictor, probs: np.
              "<h2>Summary</h2>", _summary_table({k: result[k] for k in ("image", "study") if k in result}),
              "<h2>Per class (image level)</h2>", _per_class(result["image"])]
     figs = []
-    if len(probs):
+    from deeppneumonia.extras import has
+
+    figures = has("matplotlib")
+    if result.get("missing_extra") or not figures:
+        what = "Grad-CAM localization and gallery" + ("" if figures else ", figures")
+        parts.append(f"<p class=note><b>Not in this report</b> ({what}): "
+                     f"{html.escape(str(result.get('missing_extra', 'matplotlib is not installed')))}</p>")
+    if len(probs) and figures:
         roc, pr = plots.roc_pr(curves(probs, targets, classes))
         figs += [_img(roc, "ROC"), _img(pr, "PR")]
         if "confusion_matrix" in result["image"]:
             figs.append(_img(plots.confusion(result["image"]["confusion_matrix"], classes), "confusion matrix"))
         figs.append(_img(plots.reliability(reliability(probs, targets, pred.multilabel)), "reliability"))
     parts += ["<h2>Curves</h2><div class=figs>", *figs, "</div>"]
-    training = plots.training_curves(run_dir)
+    training = plots.training_curves(run_dir) if figures else []
     if training:
         parts += ["<h2>Training</h2><div class=figs>", *[_img(png, t) for t, png in training], "</div>"]
     parts += ["<h2>Localization of Grad-CAM (true class) against the lesion boxes</h2>",

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalResult:
+    """What :func:`evaluate_checkpoint` wrote: the output folder and the metrics (as in its ``metrics.json``)."""
+
     out_dir: Path
     metrics: dict[str, Any]
 
@@ -85,6 +87,32 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
                         split: str = "auto", cache_dir: str | Path = "~/.cache/deeppneumonia", n_boot: int = 1000,
                         gradcam_layer: str = "layer4", max_cam_images: int = 300, gallery_per_class: int = 3,
                         device: str = "auto", progress: bool = True) -> EvalResult:
+    """Score a saved classifier on a data set; write ``metrics.json``, ``predictions.csv`` and ``report.html``.
+
+    Args:
+        checkpoint: a ``model.safetensors`` written by training (classes, preprocessing and thresholds inside).
+        data: a data folder or CSV in a known layout (``resolve_data_path("sample:kermany")`` for a shipped sample).
+        out_dir: output folder (created).
+        source: the data layout (``auto`` detects it).
+        split: ``auto`` (the run's held-out test patients when the data is the run's, else every image),
+            ``test``, ``val``, ``train`` (need the run's ``split.json`` beside the checkpoint's folder) or ``all``.
+        cache_dir: the preprocessing cache folder.
+        n_boot: bootstrap resamples of patients for the 95 % confidence intervals.
+        gradcam_layer: the layer whose Grad-CAM is scored against the boxes and drawn in the gallery.
+        max_cam_images: at most this many boxed images get a Grad-CAM localization score.
+        gallery_per_class: correct and wrong examples per class in the report's gallery.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        progress: show progress bars.
+
+    Returns:
+        An :class:`EvalResult`: ``out_dir`` and ``metrics`` (the dict written to ``metrics.json``: ``image`` and
+        ``study`` metrics with ``ci``, ``split``, ``images``, ``patients``, ``localization_gradcam``, ...).
+        Without the ``explain`` extra the metrics and report are still written, without Grad-CAM and figures
+        (``metrics["missing_extra"]`` says what to install).
+
+    Raises:
+        DataError: the data's classes differ from the model's, or the asked split is not available.
+    """
     checkpoint, out = Path(checkpoint), Path(out_dir)
     if n_boot < 0:
         raise DataError(f"n_boot={n_boot}: the number of bootstrap resamples must be >= 0 (0 = no intervals)")
@@ -128,7 +156,17 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
                                 multilabel=pred.multilabel, n_boot=n_boot)
     result.update({"checkpoint": str(checkpoint), "data": str(data), "split": part, "images": len(recs),
                    "patients": len({r.patient_id for r in recs}), "skipped_problems": len(manifest.problems)})
-    loc, gallery = _explain(pred, cache, order, probs, targets, gradcam_layer, max_cam_images, gallery_per_class)
+    from deeppneumonia.extras import MissingExtraError, require
+
+    try:
+        require("pytorch_grad_cam", "matplotlib")
+    except MissingExtraError as exc:  # metrics and report still written: no Grad-CAM, no gallery, said so
+        log.warning("no Grad-CAM localization or gallery: %s", exc)
+        result["missing_extra"] = str(exc)
+        loc: dict[str, Any] = {}
+        gallery: list[tuple[str, Any]] = []
+    else:
+        loc, gallery = _explain(pred, cache, order, probs, targets, gradcam_layer, max_cam_images, gallery_per_class)
     result["localization_gradcam"] = loc
     heads_path = checkpoint.parent / "mgacr_heads.safetensors"
     if heads_path.is_file():
@@ -203,7 +241,8 @@ def _references_and_occlusion(pred: Predictor, cache: Any, order: np.ndarray, la
     names += [name for name in result.get("localization_mgacr", {}) if name in STRIDES]
     grids = sorted({feature_grid(pred.pre.size, name) for name in names}, reverse=True)
     refs = cache_reference_scores(cache, order.tolist(), pred.classes, pred.multilabel, grids, max_images)
-    occ = occlusion_report(pred, cache, order.tolist(), max_images=max_images,
+    road = 0 if "missing_extra" in result else 64  # ROAD needs pytorch-grad-cam (the explain extra)
+    occ = occlusion_report(pred, cache, order.tolist(), max_images=max_images, road_images=road,
                            road_layer=layer if layer in STRIDES else "layer4", n_boot=max(n_boot, 200))
     occ.pop("per_image", None)
     return {"localization_references": refs, "occlusion": occ}

@@ -127,6 +127,10 @@ class SupervisedTask:
         self.arch: str = cfg.train.arch
         self.multilabel = task == "multilabel"
         self.model = self.build_model(len(classes))
+        if self.tcfg.init_weights:
+            from deeppneumonia.models.weights import load_init_weights
+
+            load_init_weights(self.model, self.tcfg.init_weights)
         if encoder is not None:
             load_encoder(self.model, encoder)
         m = self.tcfg.mgacr
