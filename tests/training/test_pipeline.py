@@ -114,25 +114,30 @@ def test_pretrained_encoder_must_exist(tmp_path: Path, lesion_data: Path) -> Non
         run_train(tiny_config(tmp_path, lesion_data))
 
 
-def test_resume_mid_epoch_equals_uninterrupted(tmp_path: Path, lesion_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    base = ["train.pretrained=false", "train.optim.epochs=2", "run.checkpoint_minutes=0"]  # save after every step
-    run_train(tiny_config(tmp_path / "a", lesion_data, *base))
-    killed = tiny_config(tmp_path / "b", lesion_data, *base)
+def interrupt_training(cfg: Config, monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
+    """Run Stage II of ``cfg`` and stop it like Ctrl-C at its ``at_step``-th training step (1-based)."""
     original = SupervisedTask.training_step
     calls = {"n": 0}
 
     def dying_step(self: SupervisedTask, batch, g):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] == 5:  # epoch 2, second step (3 steps an epoch)
+        if calls["n"] == at_step:
             raise KeyboardInterrupt
         return original(self, batch, g)
 
-    monkeypatch.setattr(SupervisedTask, "training_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(killed)
+    with monkeypatch.context() as m:
+        m.setattr(SupervisedTask, "training_step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(cfg)
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path: Path, lesion_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["train.pretrained=false", "train.optim.epochs=2", "run.checkpoint_minutes=0"]  # save after every step
+    run_train(tiny_config(tmp_path / "a", lesion_data, *base))
+    killed = tiny_config(tmp_path / "b", lesion_data, *base)
+    interrupt_training(killed, monkeypatch, at_step=5)  # epoch 2, second step (3 steps an epoch)
     state = load_state(tmp_path / "b" / "run" / "train" / "last.pt")
     assert state["epoch"] == 0 and state["partial"]["step"] == 1
-    monkeypatch.setattr(SupervisedTask, "training_step", original)
     run_train(killed)
     a = load_state(tmp_path / "a" / "run" / "train" / "last.pt")
     b = load_state(tmp_path / "b" / "run" / "train" / "last.pt")

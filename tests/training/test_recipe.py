@@ -18,7 +18,7 @@ from deeppneumonia.training.loop import WeightEMA, onecycle_factor
 from deeppneumonia.training.pipeline import run_train
 from deeppneumonia.training.supervised import SupervisedTask
 from tests.conftest import make_lesion_csv
-from tests.training.test_pipeline import tiny_config
+from tests.training.test_pipeline import interrupt_training, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +74,7 @@ def test_ema_resume_mid_epoch_equals_uninterrupted(tmp_path: Path, lesion_data: 
             "train.optim.schedule=onecycle", "train.loss.label_smoothing=0.1"]
     run_train(tiny_config(tmp_path / "a", lesion_data, *base))
     killed = tiny_config(tmp_path / "b", lesion_data, *base)
-    original = SupervisedTask.training_step
-    calls = {"n": 0}
-
-    def dying_step(self: SupervisedTask, batch, g):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 5:  # epoch 2, second step (3 steps an epoch)
-            raise KeyboardInterrupt
-        return original(self, batch, g)
-
-    monkeypatch.setattr(SupervisedTask, "training_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(killed)
-    monkeypatch.setattr(SupervisedTask, "training_step", original)
+    interrupt_training(killed, monkeypatch, at_step=5)  # epoch 2, second step (3 steps an epoch)
     run_train(killed)
     a = load_state(tmp_path / "a" / "run" / "train" / "last.pt")
     b = load_state(tmp_path / "b" / "run" / "train" / "last.pt")
