@@ -24,7 +24,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from deeppneumonia.inference.files import predict_paths
 
     rows = predict_paths(args.checkpoint, args.images, heatmaps=args.out, device=args.device, progress=False,
-                         explain_class=args.cls, layer=args.layer)
+                         explain_class=args.cls, layer=args.layer, method=args.method)
     for row in rows:
         if row["error"]:
             print(f"{row['path']}: skipped: {row['error']}")
@@ -67,11 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("explain", help="Grad-CAM overlays (PNG) for images")
+    p = sub.add_parser("explain", help="CAM overlays (PNG) for images (Grad-CAM by default)")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--class", dest="cls", default=None, help="class to explain (default: the predicted one)")
-    p.add_argument("--layer", default="layer4")
+    p.add_argument("--layer", default="layer4", help="CAM layer (default layer4: exact CAM from the forward pass)")
+    p.add_argument("--method", choices=["gradcam", "gradcam++", "hirescam", "eigencam", "layercam"],
+                   default="gradcam", help="CAM method (pytorch-grad-cam; gradcam at layer4 needs no backward pass)")
     p.add_argument("--out", type=Path, default=Path("explanations"))
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_explain)
