@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from deeppneumonia.data.imageio import read_image
 from deeppneumonia.errors import ConfigError, ImageReadError
-from deeppneumonia.inference.predictor import load_predictor
+from deeppneumonia.inference.onnx import load_predictor
 from deeppneumonia.transforms.preprocessing import Preprocessing
 
 DEFAULT_BATCH_SIZE = 16

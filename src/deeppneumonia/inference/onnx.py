@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from deeppneumonia.errors import CheckpointError
-from deeppneumonia.inference.predictor import DecisionMixin, file_sha256
+from deeppneumonia.inference.predictor import DecisionMixin, Predictor, file_sha256
 
 
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
@@ -116,3 +116,11 @@ class OnnxPredictor(DecisionMixin):
 
         size = (int(np.shape(x)[-2]), int(np.shape(x)[-1]))
         return probs, cam_from_features_np(feats, np.asarray(self.meta["cam"]["fc_weight"]), idx.tolist(), size), idx
+
+
+def load_predictor(path: str | Path, device: str = "auto") -> Predictor | OnnxPredictor:
+    """A :class:`~deeppneumonia.inference.predictor.Predictor` for a ``.safetensors`` checkpoint, an
+    :class:`OnnxPredictor` for an exported ``.onnx`` (``device`` applies to PyTorch only)."""
+    if Path(path).suffix.lower() == ".onnx":
+        return OnnxPredictor.from_file(path)
+    return Predictor.from_checkpoint(path, device)

@@ -10,8 +10,9 @@ Decisions (:meth:`Predictor.labels`) use the thresholds stored with the model, f
   For two classes with Youden thresholds ``t`` and ``1 - t`` this is exactly "positive when ``p >= t``".
   :meth:`Predictor.above_threshold` lists every class with ``p_c >= t_c`` (the one-vs-rest reading).
 
-:func:`load_predictor` opens a ``model.safetensors`` (PyTorch) or an exported ``model.onnx`` (ONNX Runtime,
-:class:`~deeppneumonia.inference.onnx.OnnxPredictor`) behind the same interface.
+:func:`deeppneumonia.inference.onnx.load_predictor` opens a ``model.safetensors`` (this module's
+:class:`Predictor`) or an exported ``model.onnx`` (:class:`~deeppneumonia.inference.onnx.OnnxPredictor`) behind
+the same interface.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +35,6 @@ from deeppneumonia.models.factory import build_classifier
 from deeppneumonia.models.resnet import XRayResNet
 from deeppneumonia.runtime.device import Runtime, eval_mode, resolve_runtime
 from deeppneumonia.transforms.preprocessing import Preprocessing
-
-if TYPE_CHECKING:
-    from deeppneumonia.inference.onnx import OnnxPredictor
 
 
 def file_sha256(path: str | Path) -> str:
@@ -207,12 +205,3 @@ class Predictor(DecisionMixin):
     def predict_files(self, paths: Sequence[str | Path]) -> np.ndarray:
         x = torch.cat([self.preprocess(read_image(p).pixels) for p in paths])
         return self.probabilities(x)
-
-
-def load_predictor(path: str | Path, device: str = "auto") -> Predictor | OnnxPredictor:
-    """A :class:`Predictor` for a ``.safetensors`` checkpoint, an ``OnnxPredictor`` for an exported ``.onnx``."""
-    if Path(path).suffix.lower() == ".onnx":
-        from deeppneumonia.inference.onnx import OnnxPredictor
-
-        return OnnxPredictor.from_file(path)
-    return Predictor.from_checkpoint(path, device)
