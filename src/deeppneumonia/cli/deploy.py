@@ -37,7 +37,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         r = export_int8(args.checkpoint, args.out, args.calibration, args.labelled, args.with_features)
         print(f"wrote {r['fp32']} (fp32) and {r['int8']} (int8, + .json metadata, .parity.json report)")
         line = (f"int8 vs fp32 on {r['parity_on']} ({r['images']} images): max |prob diff| {r['max_abs_prob_diff']:.4f}, "
-                f"decided class agrees on {100 * r['class_agreement']:.1f} %")
+                f"most probable class agrees on {100 * r['class_agreement']:.1f} %, decided class on "
+                f"{100 * r['decision_agreement']:.1f} %")
         if "auroc_fp32" in r:
             line += f", AUROC fp32 {r['auroc_fp32']:.4f} int8 {r['auroc_int8']:.4f} (diff {r['auroc_diff']:+.4f})"
         print(line)
