@@ -166,3 +166,13 @@ def test_serve_options_are_checked(checkpoint: Path, argv: list[str], msg: str, 
     assert main(["serve", "--checkpoint", str(checkpoint), *argv]) == 2
     err = capsys.readouterr().err
     assert msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_extreme_aspect_ratio_is_never_a_500(tmp_path: Path) -> None:
+    ckpt = random_checkpoint(tmp_path / "lb.safetensors", CLASSES, size=32, resize="letterbox")
+    with TestClient(create_app(ckpt, device="cpu")) as c:
+        r = post(c, png_bytes(np.full((300, 1), 128, np.uint8)))
+        batch = c.post("/api/predict/batch", files=[("files", ("a.png", png_bytes(np.full((300, 1), 9, np.uint8)))),
+                                                    ("files", ("b.png", png_bytes(chest_like(40, 40))))]).json()
+    assert r.status_code in (200, 422), r.text  # 422 until the letterbox resize handles it, then 200
+    assert [x["status"] for x in batch["results"]][1] == 200 and batch["results"][0]["status"] in (200, 422)

@@ -37,6 +37,7 @@ from PIL import Image
 
 from deeppneumonia.data.imageio import MAX_PIXELS, MAX_SIDE, DecodedImage, read_image_bytes
 from deeppneumonia.data.manifest import Box
+from deeppneumonia.errors import ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,11 @@ class Analyzer:
         t0 = time.perf_counter()
         img = self.decode(data, name)
         h, w = img.pixels.shape
-        x = self.predictor.preprocess(img.pixels)
-        grey = self._overlay_base(img.pixels) if heatmap and self.heatmap else None
+        try:
+            x = self.predictor.preprocess(img.pixels)
+            grey = self._overlay_base(img.pixels) if heatmap and self.heatmap else None
+        except ValueError as exc:  # e.g. an aspect ratio so extreme that a side would round to 0 pixels
+            raise ImageReadError(f"{name}: a {w}x{h} image cannot be resized to the network's input: {exc}") from exc
         uids = None
         if img.info.format == "DICOM":
             try:
