@@ -178,20 +178,19 @@ def test_extreme_aspect_ratio_is_never_a_500(tmp_path: Path) -> None:
     assert [x["status"] for x in batch["results"]][1] == 200 and batch["results"][0]["status"] in (200, 422)
 
 
-def test_other_cam_methods_and_an_onnx_model(checkpoint: Path, tmp_path: Path) -> None:
+def test_other_cam_methods_and_the_onnx_runtime(checkpoint: Path) -> None:
     pytest.importorskip("pytorch_grad_cam")
     pytest.importorskip("onnxruntime")
-    from deeppneumonia.inference.export import export_onnx
-
     img = png_bytes(chest_like(72, 64))
     with TestClient(create_app(checkpoint, device="cpu", method="gradcam++", layer="layer3")) as c:
         body = post(c, img).json()
         assert c.get("/api/info").json()["cam_method"] == "gradcam++"
     assert body["heatmap"]["method"] == "gradcam++" and body["heatmap"]["layer"] == "layer3"
-    export_onnx(checkpoint, tmp_path / "m.onnx", with_features=True)
-    with TestClient(create_app(tmp_path / "m.onnx")) as c:
+    with TestClient(create_app(checkpoint, runtime="onnxruntime")) as c:  # exported at start-up, run by ORT
         onnx_body = post(c, img).json()
-    assert onnx_body["model"]["format"] == "onnx" and onnx_body["heatmap"]["class"] == onnx_body["labels"][0]
+    assert onnx_body["model"]["format"] == "safetensors (onnxruntime)"
+    assert onnx_body["heatmap"]["class"] == onnx_body["labels"][0]
+    assert onnx_body["model"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     with TestClient(create_app(checkpoint, device="cpu")) as c:
         ref = post(c, img).json()
     assert np.allclose(onnx_body["probabilities"], ref["probabilities"], atol=1e-4) and onnx_body["boxes"] == ref["boxes"]

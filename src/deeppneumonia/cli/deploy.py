@@ -16,7 +16,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     check_output(args.out)  # before any work: a bad --out must not cost the whole run
     rows = predict_paths(args.checkpoint, args.paths, args.heatmaps, args.device, progress=not args.quiet,
-                         layer=args.layer, method=args.method, batch_size=args.batch_size)
+                         layer=args.layer, method=args.method, batch_size=args.batch_size, runtime=args.runtime)
     write_predictions(rows, args.out, args.format)
     bad = [r for r in rows if r.get("error")]
     print(f"{len(rows) - len(bad)} predicted, {len(bad)} skipped (reported in {args.out or 'the output'})",
@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = {k: getattr(args, k) for k in ("max_upload_mb", "max_pixels", "max_concurrency", "max_batch",
                                             "max_wait_ms", "body_timeout") if getattr(args, k) is not None}
     serve.run(args.checkpoint, host=args.host, port=args.port, heatmap=not args.no_heatmap, device=args.device,
-              layer=args.layer, method=args.method, **limits)
+              layer=args.layer, method=args.method, runtime=args.runtime, **limits)
     return 0
 
 
@@ -85,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--method", choices=CAM_METHODS, default="gradcam", help="CAM method for --heatmaps")
     p.add_argument("--layer", default="layer4", help="CAM layer for --heatmaps")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="run a .safetensors checkpoint with PyTorch, or export it first and run ONNX Runtime")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.set_defaults(func=cmd_predict)
 
@@ -114,6 +116,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="how long a forward pass waits for more requests to join it (default 5)")
     p.add_argument("--body-timeout", type=float, default=None,
                    help="seconds allowed to receive a request body (default 30); 408 beyond")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="run a .safetensors checkpoint with PyTorch, or export it at start-up and run ONNX Runtime "
+                        "(faster on CPU; layer4 Grad-CAM only)")
     p.add_argument("--no-heatmap", action="store_true", help="no CAM overlays or boxes")
     p.add_argument("--method", choices=CAM_METHODS, default="gradcam", help="CAM method of the overlays")
     p.add_argument("--layer", default="layer4", help="CAM layer of the overlays")

@@ -90,7 +90,7 @@ def _load(path: Path, pre: Preprocessing) -> np.ndarray | str:
 def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], heatmaps: Path | None = None,
                   device: str = "auto", progress: bool = True, explain_class: str | None = None,
                   layer: str = "layer4", method: str = "gradcam", batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int | None = None) -> list[dict[str, Any]]:
+                  workers: int | None = None, runtime: str = "torch") -> list[dict[str, Any]]:
     """Predict every file of ``paths`` (files, or folders searched recursively); one row per file.
 
     Args:
@@ -104,6 +104,7 @@ def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], heatmaps:
         method: the CAM method (``explain.METHODS``).
         batch_size: images per forward pass.
         workers: decoding threads (default: the CPU count, at most 8).
+        runtime: ``torch``, or ``onnxruntime`` to export a ``.safetensors`` checkpoint first and run ONNX Runtime.
 
     Returns:
         Rows in input order with ``path``, ``p_<class>`` per class, ``prediction``, ``error`` (empty when the file
@@ -122,7 +123,7 @@ def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], heatmaps:
         check_method(method)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    pred = load_predictor(checkpoint, device)
+    pred = load_predictor(checkpoint, device, runtime)
     if explain_class is not None and explain_class not in pred.classes:
         raise ConfigError(f"--class {explain_class!r} is not a class of this model; its classes: {pred.classes}")
     if heatmaps is not None and not pred.supports_heatmaps(layer, method):

@@ -214,7 +214,8 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
                max_pixels: int = DEFAULT_MAX_PIXELS, heatmap: bool = True, *, max_side: int = MAX_SIDE,
                device: str = "auto", max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
                layer: str = "layer4", method: str = "gradcam", max_batch: int = DEFAULT_MAX_BATCH,
-               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> FastAPI:
+               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+               runtime: str = "torch") -> FastAPI:
     """The FastAPI application serving the classifier in ``checkpoint`` (loaded once, here).
 
     Args:
@@ -229,6 +230,8 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         layer: the CAM layer; method: the CAM method (``inference.explain.METHODS``).
         max_batch: requests coalesced into one forward pass (1: none); max_wait_ms: how long a pass waits for more.
         body_timeout: seconds allowed to receive a request body (408 beyond).
+        runtime: ``torch``, or ``onnxruntime`` to export a ``.safetensors`` checkpoint at start-up and run it with
+            ONNX Runtime (an ``.onnx`` file always runs with ONNX Runtime).
     """
     from deeppneumonia.inference.explain import check_method, fast_cam_applies
 
@@ -236,7 +239,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
     limit = int(max_upload_mb * 1024 * 1024)
     if limit <= 0 or max_pixels <= 0 or max_concurrency <= 0 or max_batch <= 0 or body_timeout <= 0:
         raise ValueError("max_upload_mb, max_pixels, max_concurrency, max_batch and body_timeout must be positive")
-    predictor = load_predictor(checkpoint, device)
+    predictor = load_predictor(checkpoint, device, runtime)
     if heatmap:
         import importlib.util
 
@@ -424,13 +427,14 @@ def run(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
         max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS, heatmap: bool = True,
         device: str = "auto", max_concurrency: int = DEFAULT_MAX_CONCURRENCY, log_level: str = "info",
         layer: str = "layer4", method: str = "gradcam", max_batch: int = DEFAULT_MAX_BATCH,
-        max_wait_ms: float = DEFAULT_MAX_WAIT_MS, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        runtime: str = "torch") -> None:
     """Load the model and serve it with uvicorn until interrupted."""
     import uvicorn
 
     app = create_app(checkpoint, max_upload_mb, max_pixels, heatmap, device=device, max_concurrency=max_concurrency,
                      layer=layer, method=method, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     body_timeout=body_timeout)
+                     body_timeout=body_timeout, runtime=runtime)
     if not _is_loopback(host):
         log.warning("serving on %s: reachable from other machines, with no authentication and no TLS; "
                     "put a reverse proxy in front", host)
