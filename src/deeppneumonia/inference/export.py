@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from deeppneumonia.errors import CheckpointError, ConfigError, ImageReadError
-from deeppneumonia.inference.predictor import Predictor
+from deeppneumonia.inference.onnx import OnnxPredictor
+from deeppneumonia.inference.predictor import Predictor, file_sha256
 from deeppneumonia.models.resnet import XRayResNet
 from deeppneumonia.transforms.preprocessing import Preprocessing
 
@@ -90,14 +91,19 @@ def parity(onnx_path: Path, model: nn.Module, size: int, atol: float = 1e-4, n: 
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """Regular files under ``folder`` with an image or DICOM extension, sorted."""
+    from deeppneumonia.data.sources._common import IMAGE_SUFFIXES
+
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def calibration_inputs(source: str | Path, pre: Preprocessing, n: int = 128, seed: int = 0) -> np.ndarray:
     """Up to ``n`` normalised (N, 1, S, S) inputs from a cache folder (``images.npy``) or a folder of images.
 
     Raises:
         ConfigError: no usable image (or a cache of another size).
     """
-    from deeppneumonia.inference.files import iter_images
-
     source = Path(source)
     rng = np.random.default_rng(seed)
     if (source / "images.npy").is_file():
@@ -108,7 +114,7 @@ def calibration_inputs(source: str | Path, pre: Preprocessing, n: int = 128, see
         return pre.from_uint8(torch.from_numpy(np.asarray(images[pick]))[:, None]).numpy()
     from deeppneumonia.data.imageio import read_image
 
-    files = [p for p in iter_images([source]) if p.suffix]
+    files = _image_files(source)
     rng.shuffle(files)  # type: ignore[arg-type]
     xs: list[np.ndarray] = []
     for f in files:
@@ -170,14 +176,12 @@ def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def labelled_folder(folder: str | Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     """Image files of a folder with one sub-folder per class (named as the model's classes) and their labels."""
-    from deeppneumonia.inference.files import iter_images
-
     files: list[Path] = []
     labels: list[int] = []
     for i, c in enumerate(classes):
         sub = Path(folder) / c
         if sub.is_dir():
-            found = [p for p in iter_images([sub]) if p.is_file()]
+            found = _image_files(sub)
             files += found
             labels += [i] * len(found)
     if not files:
@@ -189,8 +193,6 @@ def int8_parity(fp32: str | Path, int8: str | Path, inputs: np.ndarray, labels: 
                 batch: int = 16) -> dict[str, Any]:
     """fp32 against int8 on ``inputs``: max |prob diff|, agreement of the most probable class and of the decided
     class (with the stored thresholds), AUROC when labelled."""
-    from deeppneumonia.inference.onnx import OnnxPredictor
-
     a, b = OnnxPredictor.from_file(fp32), OnnxPredictor.from_file(int8)
     pa = np.concatenate([a.probabilities(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
     pb = np.concatenate([b.probabilities(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
@@ -237,3 +239,20 @@ def export_int8(checkpoint: str | Path, out: str | Path, calibration: str | Path
                    "parity_on": str(labelled) if labelled is not None else f"{len(calib)} calibration images"})
     q.with_suffix(".parity.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def exported_predictor(checkpoint: str | Path) -> OnnxPredictor:
+    """``checkpoint`` exported to a temporary ONNX file (removed at exit) and loaded with ONNX Runtime."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="deeppneumonia-onnx-"))
+    atexit.register(shutil.rmtree, folder, True)
+    try:
+        export_onnx(checkpoint, folder / "model.onnx", with_features=True)
+    except CheckpointError:  # a head without CAM features (IAM's MSA network): logits only
+        export_onnx(checkpoint, folder / "model.onnx")
+    pred = OnnxPredictor.from_file(folder / "model.onnx")
+    pred.source, pred.sha256, pred.format = Path(checkpoint), file_sha256(checkpoint), "safetensors (onnxruntime)"
+    return pred

@@ -27,11 +27,30 @@ import torch
 from tqdm.auto import tqdm
 
 from deeppneumonia.data.imageio import read_image
-from deeppneumonia.errors import ConfigError, ImageReadError
-from deeppneumonia.inference.onnx import load_predictor
+from deeppneumonia.errors import CheckpointError, ConfigError, ImageReadError
+from deeppneumonia.inference.onnx import OnnxPredictor
+from deeppneumonia.inference.predictor import Predictor
 from deeppneumonia.transforms.preprocessing import Preprocessing
 
 DEFAULT_BATCH_SIZE = 16
+
+
+def load_predictor(path: str | Path, device: str = "auto", runtime: str = "torch") -> Predictor | OnnxPredictor:
+    """A :class:`~deeppneumonia.inference.predictor.Predictor` for a ``.safetensors`` checkpoint, an
+    :class:`OnnxPredictor` for an exported ``.onnx`` (``device`` applies to PyTorch only).
+
+    With ``runtime="onnxruntime"`` a ``.safetensors`` checkpoint is exported (with features, parity-checked) into
+    a temporary folder at load time and run by ONNX Runtime; its identity (file, SHA-256) stays the checkpoint's.
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        return OnnxPredictor.from_file(path)
+    if runtime == "onnxruntime":
+        from deeppneumonia.inference.export import exported_predictor
+
+        return exported_predictor(path)
+    if runtime != "torch":
+        raise CheckpointError(f"unknown runtime {runtime!r}; choose torch or onnxruntime")
+    return Predictor.from_checkpoint(path, device)
 
 
 def iter_images(paths: Sequence[str | Path]) -> Iterator[Path]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from deeppneumonia.errors import CheckpointError
-from deeppneumonia.inference.predictor import DecisionMixin, Predictor, file_sha256
+from deeppneumonia.inference.predictor import DecisionMixin, file_sha256
 
 
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
@@ -116,38 +116,3 @@ class OnnxPredictor(DecisionMixin):
 
         size = (int(np.shape(x)[-2]), int(np.shape(x)[-1]))
         return probs, cam_from_features_np(feats, np.asarray(self.meta["cam"]["fc_weight"]), idx.tolist(), size), idx
-
-
-def load_predictor(path: str | Path, device: str = "auto", runtime: str = "torch") -> Predictor | OnnxPredictor:
-    """A :class:`~deeppneumonia.inference.predictor.Predictor` for a ``.safetensors`` checkpoint, an
-    :class:`OnnxPredictor` for an exported ``.onnx`` (``device`` applies to PyTorch only).
-
-    With ``runtime="onnxruntime"`` a ``.safetensors`` checkpoint is exported (with features, parity-checked) into
-    a temporary folder at load time and run by ONNX Runtime; its identity (file, SHA-256) stays the checkpoint's.
-    """
-    if Path(path).suffix.lower() == ".onnx":
-        return OnnxPredictor.from_file(path)
-    if runtime == "onnxruntime":
-        return exported_predictor(path)
-    if runtime != "torch":
-        raise CheckpointError(f"unknown runtime {runtime!r}; choose torch or onnxruntime")
-    return Predictor.from_checkpoint(path, device)
-
-
-def exported_predictor(checkpoint: str | Path) -> OnnxPredictor:
-    """``checkpoint`` exported to a temporary ONNX file (removed at exit) and loaded with ONNX Runtime."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from deeppneumonia.inference.export import export_onnx
-
-    folder = Path(tempfile.mkdtemp(prefix="deeppneumonia-onnx-"))
-    atexit.register(shutil.rmtree, folder, True)
-    try:
-        export_onnx(checkpoint, folder / "model.onnx", with_features=True)
-    except CheckpointError:  # a head without CAM features (IAM's MSA network): logits only
-        export_onnx(checkpoint, folder / "model.onnx")
-    pred = OnnxPredictor.from_file(folder / "model.onnx")
-    pred.source, pred.sha256, pred.format = Path(checkpoint), file_sha256(checkpoint), "safetensors (onnxruntime)"
-    return pred

@@ -10,7 +10,7 @@ Decisions (:meth:`Predictor.labels`) use the thresholds stored with the model, f
   For two classes with Youden thresholds ``t`` and ``1 - t`` this is exactly "positive when ``p >= t``".
   :meth:`Predictor.above_threshold` lists every class with ``p_c >= t_c`` (the one-vs-rest reading).
 
-:func:`deeppneumonia.inference.onnx.load_predictor` opens a ``model.safetensors`` (this module's
+:func:`deeppneumonia.inference.files.load_predictor` opens a ``model.safetensors`` (this module's
 :class:`Predictor`) or an exported ``model.onnx`` (:class:`~deeppneumonia.inference.onnx.OnnxPredictor`) behind
 the same interface.
 """

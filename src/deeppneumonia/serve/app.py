@@ -49,7 +49,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from deeppneumonia import __version__
 from deeppneumonia.data.imageio import MAX_SIDE
 from deeppneumonia.errors import ImageReadError, ImageTooLargeError, NotAnImageError, UnsupportedTransferSyntaxError
-from deeppneumonia.inference.onnx import load_predictor
+from deeppneumonia.inference.files import load_predictor
 from deeppneumonia.serve.analysis import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Analyzer, Prepared
 
 log = logging.getLogger(__name__)
