@@ -277,10 +277,10 @@ def test_cli_serve_is_thin(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_unexpected_error_is_json_500_and_the_server_goes_on(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(checkpoint, heatmap=False, device="cpu")
-    real = app.state.analyzer.analyse
-    monkeypatch.setattr(app.state.analyzer, "analyse", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    real = app.state.analyzer.prepare
+    monkeypatch.setattr(app.state.analyzer, "prepare", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with TestClient(app, raise_server_exceptions=False) as c:
         r = post(c, png_bytes(chest_like(64, 64)))
         assert r.status_code == 500 and "RuntimeError" in r.json()["detail"] and "boom" not in r.json()["detail"]
-        monkeypatch.setattr(app.state.analyzer, "analyse", real)
+        monkeypatch.setattr(app.state.analyzer, "prepare", real)
         assert post(c, png_bytes(chest_like(64, 64))).status_code == 200

@@ -30,7 +30,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     require_dicom_if_needed(args.images)
 
     rows = predict_paths(args.checkpoint, args.images, heatmaps=args.out, device=args.device, progress=False,
-                         explain_class=args.cls, layer=args.layer)
+                         explain_class=args.cls, layer=args.layer, method=args.method)
     for row in rows:
         if row["error"]:
             print(f"{row['path']}: skipped: {row['error']}")
@@ -75,11 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("explain", help="Grad-CAM overlays (PNG) for images")
+    p = sub.add_parser("explain", help="CAM overlays (PNG) for images (Grad-CAM by default)")
     p.add_argument("--checkpoint", type=Path, required=True, help="a model.safetensors")
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, DICOM) or folders")
     p.add_argument("--class", dest="cls", default=None, help="class to explain (default: the predicted one)")
-    p.add_argument("--layer", default="layer4", help="Grad-CAM layer (default: layer4)")
+    p.add_argument("--layer", default="layer4", help="CAM layer (default layer4: exact CAM from the forward pass)")
+    p.add_argument("--method", choices=["gradcam", "gradcam++", "hirescam", "eigencam", "layercam"],
+                   default="gradcam", help="CAM method (pytorch-grad-cam; gradcam at layer4 needs no backward pass)")
     p.add_argument("--out", type=Path, default=Path("explanations"), help="folder for the overlays (default: explanations)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_explain)

@@ -2,10 +2,22 @@
 
 Preprocessing comes from the checkpoint's metadata and is the same as training's: resize to the working
 size with the cache's resize (including the uint8 rounding), normalise with the stored mean/std.
+
+Decisions (:meth:`Predictor.labels`) use the thresholds stored with the model, for both tasks:
+
+* **multi-label**: every class whose probability is at or above its threshold (0.5 when there are none);
+* **multi-class**: the one class with the largest ``p_c / t_c`` (plain argmax when there are no thresholds).
+  For two classes with Youden thresholds ``t`` and ``1 - t`` this is exactly "positive when ``p >= t``".
+  :meth:`Predictor.above_threshold` lists every class with ``p_c >= t_c`` (the one-vs-rest reading).
+
+:func:`deeppneumonia.inference.files.load_predictor` opens a ``model.safetensors`` (this module's
+:class:`Predictor`) or an exported ``model.onnx`` (:class:`~deeppneumonia.inference.onnx.OnnxPredictor`) behind
+the same interface.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,26 +37,19 @@ from deeppneumonia.runtime.device import Runtime, eval_mode, resolve_runtime
 from deeppneumonia.transforms.preprocessing import Preprocessing
 
 
-@dataclass
-class Predictor:
-    model: XRayResNet
-    meta: dict[str, Any]
-    rt: Runtime
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the model's identity in the service's answers)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
-        _, meta = load_weights(path)
-        if meta.get("kind") != "classifier":
-            raise CheckpointError(f"{path}: holds a {meta.get('kind')!r}, not a classifier (model.safetensors)")
-        if meta.get("task") not in ("multiclass", "multilabel"):
-            raise CheckpointError(f"{path}: the metadata names no task (multiclass or multilabel): {meta.get('task')!r}")
-        try:  # a checkpoint without valid preprocessing is refused here, not at the first image
-            Preprocessing.from_meta(meta)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from exc
-        rt = resolve_runtime(device, precision, channels_last=False)
-        model, meta, _ = load_classifier(path)
-        return cls(model.to(rt.device).eval(), meta, rt)
+
+class DecisionMixin:
+    """Classes, thresholds and the decision rule, shared by the PyTorch and ONNX predictors."""
+
+    meta: dict[str, Any]
 
     @property
     def classes(self) -> list[str]:
@@ -53,6 +58,11 @@ class Predictor:
     @property
     def multilabel(self) -> bool:
         return bool(self.meta["task"] == "multilabel")
+
+    @property
+    def thresholds(self) -> np.ndarray | None:
+        t = self.meta.get("thresholds")
+        return None if t is None else np.asarray(t, dtype=np.float32)
 
     @cached_property
     def pre(self) -> Preprocessing:
@@ -63,14 +73,81 @@ class Predictor:
     def size(self) -> int:
         return self.pre.size
 
-    @property
-    def thresholds(self) -> np.ndarray | None:
-        t = self.meta.get("thresholds")
-        return None if t is None else np.asarray(t, dtype=np.float32)
-
     def geometry(self, width: int, height: int) -> tuple[float, float, float, float]:
         """How original image pixels map onto the network input (sx, sy, dx, dy)."""
         return self.pre.geometry(width, height)
+
+    def labels(self, probs: np.ndarray) -> list[list[str]]:
+        """Decided labels per row of (B, C) probabilities.
+
+        Multi-label: every class with ``p >= threshold`` (0.5 without thresholds). Multi-class: the single class
+        maximising ``p / threshold`` (the argmax without thresholds).
+        """
+        t = self.thresholds
+        if not self.multilabel:
+            score = probs if t is None else probs / np.maximum(t, 1e-6)
+            return [[self.classes[int(i)]] for i in score.argmax(1)]
+        t = t if t is not None else np.full(len(self.classes), 0.5, np.float32)
+        return [[c for c, p, th in zip(self.classes, row, t, strict=True) if p >= th] for row in probs]
+
+    def above_threshold(self, probs: np.ndarray) -> list[list[str]] | None:
+        """Per row, every class with ``p >= threshold``; None when the model has no thresholds."""
+        t = self.thresholds
+        if t is None:
+            return None
+        return [[c for c, p, th in zip(self.classes, row, t, strict=True) if p >= th] for row in probs]
+
+    def explained_class(self, probs: np.ndarray) -> np.ndarray:
+        """(B,) index of the class a heatmap shows by default: the decided one (largest ``p / threshold``)."""
+        t = self.thresholds
+        return np.asarray((probs if t is None else probs / np.maximum(t, 1e-6)).argmax(1))
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The model's identity: file name, SHA-256 of the file, the toolkit version that wrote it, architecture."""
+        source = getattr(self, "source", None)
+        return {"file": None if source is None else Path(source).name, "sha256": getattr(self, "sha256", "") or None,
+                "version": self.meta.get("versions", {}).get("deeppneumonia"), "arch": self.meta.get("arch"),
+                "format": getattr(self, "format", "safetensors")}
+
+
+@dataclass
+class Predictor(DecisionMixin):
+    """A classifier ready for inference, with the preprocessing and thresholds saved beside its weights.
+
+    Build it with :meth:`from_checkpoint`. ``source`` and ``sha256`` identify the file it was loaded from.
+    """
+
+    model: XRayResNet
+    meta: dict[str, Any]
+    rt: Runtime
+    source: Path | None = None
+    sha256: str = ""
+    format: str = "safetensors"
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+        """Load a ``model.safetensors`` written by training.
+
+        Raises:
+            CheckpointError: not a classifier checkpoint, or weights that are not finite (NaN / inf).
+        """
+        _, meta = load_weights(path)
+        if meta.get("kind") != "classifier":
+            raise CheckpointError(f"{path}: holds a {meta.get('kind')!r}, not a classifier (model.safetensors)")
+        if meta.get("task") not in ("multiclass", "multilabel"):
+            raise CheckpointError(f"{path}: the metadata names no task (multiclass or multilabel): {meta.get('task')!r}")
+        try:  # a checkpoint without valid preprocessing is refused here, not at the first image
+            Preprocessing.from_meta(meta)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
+        model, meta, state = load_classifier(path)
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{path}: the weights hold NaN or infinite values ({', '.join(bad[:3])}"
+                                  f"{', ...' if len(bad) > 3 else ''}); the model would give no usable probabilities")
+        rt = resolve_runtime(device, precision, channels_last=False)
+        return cls(model.to(rt.device).eval(), meta, rt, Path(path), file_sha256(path))
 
     def preprocess(self, pixels: np.ndarray) -> Tensor:
         """(H, W) float [0, 1] -> (1, 1, S, S) normalised network input."""
@@ -80,21 +157,56 @@ class Predictor:
         """(B, 1, S, S) uint8 cache images -> normalised input."""
         return self.pre.from_uint8(images, self.rt.device)
 
+    def _probs(self, logits: Tensor) -> np.ndarray:
+        logits = logits.float()
+        probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
+        return probs.cpu().numpy()  # type: ignore[no-any-return]
+
     @torch.no_grad()
     def probabilities(self, x: Tensor) -> np.ndarray:
         """(B, 1, S, S) normalised input -> (B, C) probabilities (softmax, or sigmoid for multi-label)."""
         with eval_mode(self.model), self.rt.autocast():
             logits = self.model(x.to(self.rt.device)).float()
-        probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
-        return probs.cpu().numpy()
+        return self._probs(logits)
+
+    def supports_heatmaps(self, layer: str = "layer4", method: str = "gradcam") -> bool:
+        """Whether :meth:`predict` can draw heatmaps with this layer and method (always, for PyTorch)."""
+        return True
+
+    def predict(self, x: Tensor, heatmaps: bool = False, class_index: Sequence[int] | None = None,
+                layer: str = "layer4", method: str = "gradcam") -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Probabilities and, with ``heatmaps``, one heatmap per image, in as few passes as possible.
+
+        At ``layer4`` of a plain classifier with Grad-CAM the heatmap comes from the same forward pass as the
+        probabilities (exact CAM, no backward); otherwise the CAM method runs after the forward pass.
+
+        Args:
+            x: (B, 1, S, S) normalised input.
+            heatmaps: also compute heatmaps.
+            class_index: the class to explain per image (default: :meth:`explained_class`).
+            layer: CAM layer; method: one of ``explain.METHODS``.
+
+        Returns:
+            (B, C) probabilities, (B, S, S) heatmaps in [0, 1] or None, (B,) explained class indices.
+        """
+        from deeppneumonia.inference import explain
+
+        x = x.to(self.rt.device)
+        if heatmaps and explain.fast_cam_applies(self.model, layer, method):
+            with torch.no_grad(), eval_mode(self.model), self.rt.autocast():
+                feats = self.model.forward_features(x)
+                logits = self.model.forward_head(feats)
+            probs = self._probs(logits)
+            idx = self.explained_class(probs) if class_index is None else np.asarray(class_index)
+            heat = explain.cam_from_features(feats, self.model.fc.weight.detach(), idx.tolist(),
+                                             (x.shape[-2], x.shape[-1]))
+            return probs, heat, idx
+        probs = self.probabilities(x)
+        idx = self.explained_class(probs) if class_index is None else np.asarray(class_index)
+        if not heatmaps:
+            return probs, None, idx
+        return probs, explain.gradcam(self.model, x, idx.tolist(), layer, method), idx
 
     def predict_files(self, paths: Sequence[str | Path]) -> np.ndarray:
         x = torch.cat([self.preprocess(read_image(p).pixels) for p in paths])
         return self.probabilities(x)
-
-    def labels(self, probs: np.ndarray) -> list[list[str]]:
-        """Thresholded labels: argmax for multi-class; per-class thresholds (default 0.5) for multi-label."""
-        if not self.multilabel:
-            return [[self.classes[int(i)]] for i in probs.argmax(1)]
-        t = self.thresholds if self.thresholds is not None else np.full(len(self.classes), 0.5)
-        return [[c for c, p, th in zip(self.classes, row, t, strict=True) if p >= th] for row in probs]
