@@ -47,6 +47,18 @@ def test_gradcam_peaks_inside_the_lesion_box(trained_lesion_run: tuple[Path, Pre
     assert energy > 2 * area
 
 
+def test_predictor_explain_gives_heatmap_arrays_of_files(trained_lesion_run: tuple[Path, PreparedData]) -> None:
+    run, data = trained_lesion_run
+    pred = Predictor.from_checkpoint(run / "train" / "model.safetensors", "cpu")
+    boxed = [i for i, r in enumerate(data.manifest.records) if r.boxes][:3]
+    paths = [data.manifest.records[i].path for i in boxed]
+    heat = pred.explain(paths)
+    assert heat.shape == (3, 128, 128) and heat.min() >= 0 and heat.max() <= 1
+    x = torch.cat([pred.preprocess(__import__("deeppneumonia").read_image(p).pixels) for p in paths])
+    same = gradcam(pred.model, x, [int(i) for i in pred.explained_class(pred.probabilities(x))])
+    assert np.allclose(heat, same, atol=1e-6)
+
+
 def test_overlay_draws_boxes_and_heat() -> None:
     from deeppneumonia.data.manifest import Box
 

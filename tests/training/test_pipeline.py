@@ -174,3 +174,17 @@ def test_stage1_extra_unlabelled_data_leaves_out_the_runs_own_images(tmp_path: P
     run_pretrain(cfg, data)
     hist = json.loads((tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()[0])
     assert np.isfinite(hist["train_loss"])
+
+
+def test_a_corrupt_run_config_and_a_misfit_encoder_are_one_line_errors(tmp_path: Path, lesion_data: Path) -> None:
+    from deeppneumonia.errors import ConfigError
+    from deeppneumonia.models.factory import build_classifier, encoder_state
+    from deeppneumonia.training.supervised import load_encoder_checked
+
+    cfg = tiny_config(tmp_path, lesion_data)
+    run_dir = open_run(cfg)
+    (run_dir / "config.yaml").write_bytes(b"data: [unclosed\n\xff")
+    with pytest.raises(ConfigError, match="not a readable config"):
+        open_run(cfg)
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_encoder_checked(build_classifier(2, "resnet18"), encoder_state(build_classifier(2, "resnet50")))

@@ -208,5 +208,26 @@ class Predictor(DecisionMixin):
         return probs, explain.gradcam(self.model, x, idx.tolist(), layer, method), idx
 
     def predict_files(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """(N, C) probabilities of image files (PNG, JPEG, DICOM), in the order given.
+
+        Raises:
+            ImageReadError: a file is not a readable image (``deeppneumonia predict`` reports and skips instead).
+        """
         x = torch.cat([self.preprocess(read_image(p).pixels) for p in paths])
         return self.probabilities(x)
+
+    def explain(self, paths: Sequence[str | Path], class_index: int | Sequence[int] | None = None,
+                layer: str = "layer4", method: str = "gradcam") -> np.ndarray:
+        """CAM heatmaps of image files as arrays: (N, S, S) float in [0, 1] at the network's input size.
+
+        Args:
+            paths: image files (PNG, JPEG, DICOM).
+            class_index: the class to explain, one for all or one per image; default: the decided class.
+            layer, method: as :func:`deeppneumonia.inference.explain.gradcam` (layer4 Grad-CAM needs no backward).
+        """
+        from deeppneumonia.inference import explain
+
+        x = torch.cat([self.preprocess(read_image(p).pixels) for p in paths])
+        idx = self.explained_class(self.probabilities(x)) if class_index is None else class_index
+        cls = [int(i) for i in np.atleast_1d(np.asarray(idx))]
+        return explain.gradcam(self.model, x, cls if len(cls) > 1 else cls[0], layer, method)

@@ -54,7 +54,7 @@ from deeppneumonia.models.factory import build_classifier, load_encoder
 from deeppneumonia.models.msa import msa_arch
 from deeppneumonia.runtime.device import Runtime
 from deeppneumonia.training.loop import lr_factor
-from deeppneumonia.training.supervised import model_metadata, resolve_best_metric, study_ids
+from deeppneumonia.training.supervised import load_encoder_checked, model_metadata, resolve_best_metric, study_ids
 from deeppneumonia.transforms.erase import erase
 from deeppneumonia.transforms.inputs import make_inputs
 from deeppneumonia.transforms.preprocessing import Preprocessing
@@ -154,7 +154,7 @@ class IAMTask:
         n = len(classes)
         self.model = build_classifier(n, self.arch)
         if encoder is not None:
-            load_encoder(self.model, encoder)
+            load_encoder_checked(self.model, encoder)
         if self.ic.init:
             self._load_init(Path(self.ic.init).expanduser())
         self.rounds = RoundNetworks(self.ic.iterations, lambda: build_classifier(n, self.arch))

@@ -150,7 +150,13 @@ def _check_or_write_config(cfg: Config, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as YAML reads them back
     if saved.is_file():
-        old = yaml.safe_load(saved.read_text()) or {}
+        try:
+            old = yaml.safe_load(saved.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{saved}: not a readable config ({type(exc).__name__}); delete it (or the run folder) "
+                              "to start afresh, or choose another run.out_dir") from exc
+        if not isinstance(old, dict):
+            raise ConfigError(f"{saved}: not a config (a YAML mapping); delete it or choose another run.out_dir")
         with contextlib.suppress(ConfigError):  # an older folder: settings added since take their defaults
             old = json.loads(json.dumps(config_from_dict(old).to_dict()))
         diff = _diff(old, current)

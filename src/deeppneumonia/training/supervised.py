@@ -110,6 +110,14 @@ def resolve_best_metric(name: str, multilabel: bool, has_studies: bool) -> str:
     return name
 
 
+def load_encoder_checked(model: XRayResNet, encoder: dict[str, Tensor]) -> None:
+    """:func:`load_encoder` with a one-line error naming the setting when the encoder does not fit the network."""
+    try:
+        load_encoder(model, encoder)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"train.encoder / the run's Stage I encoder does not fit train.arch: {exc}") from exc
+
+
 class SupervisedTask:
     """Deep Pneumonia's Stage II (``train.method=deep_pneumonia``); the base of the other supervised methods.
 
@@ -132,7 +140,7 @@ class SupervisedTask:
 
             load_init_weights(self.model, self.tcfg.init_weights)
         if encoder is not None:
-            load_encoder(self.model, encoder)
+            load_encoder_checked(self.model, encoder)
         m = self.tcfg.mgacr
         use_mgacr = m.attention or m.feature
         if use_mgacr and self.arch not in STAGE_CHANNELS:
@@ -152,7 +160,7 @@ class SupervisedTask:
         self.mgacr_loss = MGACRLoss(reduction=m.reduction, form=m.form, feature_target=m.feature_target)
         self.batch_size = min(self.tcfg.optim.batch_size, len(train))
         self.images_per_batch = self.batch_size
-        self.epoch_step = 0  # steps taken in this epoch by this object (for the gradient-norm steps)
+        self.epoch_step = 0  # index in its epoch of the batch being trained on (for the gradient-norm steps)
         self.val_studies = study_ids(val)
         self.best_metric = self._resolve_best_metric(self.tcfg.best_metric)
 
@@ -200,9 +208,13 @@ class SupervisedTask:
         return max(1, len(self.train) // self.batch_size)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        self.epoch_step = 0
-        return self.train.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
-                                  drop_last=True, shard=True)
+        """The epoch's shuffled batches; ``epoch_step`` is the index in the epoch of the batch last handed out, also
+        when the loop skips the batches a resumed run already took (so the gradient-norm steps stay the same)."""
+        batches = self.train.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
+                                     drop_last=True, shard=True)
+        for i, batch in enumerate(batches):
+            self.epoch_step = i
+            yield batch
 
     def _target(self, batch: Batch) -> Tensor:
         t = batch.target.to(self.rt.device, non_blocking=True)
@@ -232,7 +244,6 @@ class SupervisedTask:
         losses["loss"] = torch.stack(list(weighted.values())).sum()
         if self.epoch_step < m.grad_norm_steps and torch.is_grad_enabled() and not distributed.is_distributed():
             losses.update(self._scaled_grad_norms(weighted))
-        self.epoch_step += 1
         return losses
 
     def backbone_parameters(self) -> list[nn.Parameter]:
