@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeppneumonia.cli.common import add_config_args, load_cli_config, print_json
+
+if TYPE_CHECKING:
+    from deeppneumonia.config import Config
+    from deeppneumonia.training.loop import FitResult
+
+
+def _kept(cfg: Config, result: FitResult) -> str:
+    """Which Stage I encoder was kept, in words (``pretrain.select``)."""
+    if cfg.pretrain.select == "last":
+        return f"kept the last epoch ({result.best_epoch})"
+    return f"kept epoch {result.best_epoch} (best {cfg.pretrain.select} {abs(result.best):.4f})"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -14,7 +26,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(args)
     result = run_pretrain(cfg)
-    print(f"Stage I done: best {result.best:.4f} at epoch {result.best_epoch}; encoder in "
+    print(f"Stage I done: {_kept(cfg, result)}; encoder in "
           f"{Path(cfg.run.out_dir) / 'pretrain' / 'encoder.safetensors'}")
     return 0
 
@@ -42,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     say(f"\nsplit by patient: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} images\n")
     if cfg.train.pretrained and not cfg.train.encoder:
         result = run_pretrain(cfg, data)
-        say(f"Stage I (SimCLR): best {result.best:.4f} at epoch {result.best_epoch}, {result.seconds / 60:.1f} min")
+        say(f"Stage I (SimCLR): {_kept(cfg, result)}, {result.seconds / 60:.1f} min")
     metrics = run_train(cfg, data)
     say(f"Stage II done: best epoch {metrics.get('best_epoch')}, {metrics.get('train_minutes')} min "
         f"(all test metrics in {Path(cfg.run.out_dir) / 'test_metrics.json'})")
