@@ -201,29 +201,22 @@ def _write_predictions(path: Path, recs: list[Any], probs: np.ndarray, pred: Pre
 def _score_attention(pred: Predictor, heads_path: Path, cache: Any, order: np.ndarray,
                      max_images: int) -> dict[str, Any]:
     """Localization of MGACR's map+ per layer (heads kept for analysis with train.keep_attention_heads)."""
-    import torch.nn.functional as F
+    from deeppneumonia.evaluation.attention_maps import load_mgacr_heads, mgacr_heatmaps
 
-    from deeppneumonia.models.attention import MGACRHeads
-    from deeppneumonia.models.checkpoint import load_weights
-
-
-    state, meta = load_weights(heads_path)
-    heads = MGACRHeads(meta["layers"], int(meta.get("kernel_size", 7)), meta.get("head", "cbam"),
-                       meta.get("stage_channels", (64, 128, 256, 512))).to(pred.rt.device)
-    heads.load_state_dict(state)
-    heads.eval()
+    loaded = load_mgacr_heads(heads_path, pred.rt.device)
+    if loaded is None:
+        return {}
+    heads, _ = loaded
+    layers = list(heads.layers)  # type: ignore[arg-type]
     boxed = [k for k, i in enumerate(order) if cache.manifest.records[int(i)].boxes][:max_images]
-    scores: dict[int, list[dict[str, float]]] = {layer: [] for layer in heads.layers}
-    with torch.no_grad():
-        for start in range(0, len(boxed), 32):
-            ks = boxed[start:start + 32]
-            x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
-            _, maps_pos, _ = heads(pred.model.forward_intermediates(x))
-            for layer, mp in zip(heads.layers, maps_pos, strict=True):
-                up = F.interpolate(mp.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-                for k, heat in zip(ks, up.cpu().numpy(), strict=True):
-                    boxes = [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]
-                    scores[layer].append(localization_scores(heat, boxes))
+    scores: dict[int, list[dict[str, float]]] = {layer: [] for layer in layers}
+    for start in range(0, len(boxed), 32):
+        ks = boxed[start:start + 32]
+        x = pred.preprocess_uint8(torch.from_numpy(np.stack([cache.images[int(order[k])] for k in ks]))[:, None])
+        for layer in layers:
+            for k, heat in zip(ks, mgacr_heatmaps(heads, pred.model, x, layer), strict=True):
+                boxes = [(b.x, b.y, b.w, b.h) for b in cache.boxes(int(order[k]))]
+                scores[layer].append(localization_scores(heat, boxes))
     return {f"layer{layer}": summarize_localization(v) for layer, v in scores.items() if v}
 
 
