@@ -119,3 +119,13 @@ def test_without_boxes_the_full_row_drops_mgacr(tmp_path: Path) -> None:
     assert [len(v) for v in summary["results"].values()] == [1, 1, 0, 0, 1]
     cfg = __import__("yaml").safe_load((tmp_path / "abl" / "seed0" / "row5" / "config.yaml").read_text())
     assert cfg["train"]["mgacr"]["attention"] is False and cfg["train"]["loss"]["kind"] == "cb_focal"
+
+
+def test_an_older_summary_without_run_seeds_still_renders_with_paired_differences() -> None:
+    runs = {name: [{"study_map": 0.3 + 0.01 * k + 0.02 * s, "macro_f1": 0.3, "auroc_macro": 0.6} for s in range(3)]
+            for k, name in enumerate(row.name for row in TABLE1)}
+    summary = {"data": "d", "test_images": 10, "test_patients": 5, "seeds": [0, 1, 2], "results": runs,
+               "hardware": {"device": "cpu", "torch": "x"}}
+    table = ablation_markdown(summary, "cmd")
+    assert "| 0,1,2 |" in table and "t-interval over per-seed differences" in table
+    assert "+0.040 [+0.040, +0.040]" in table  # row 5 - row 1 is 0.04 at every seed: no spread

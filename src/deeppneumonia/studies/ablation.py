@@ -218,7 +218,10 @@ def ablation_markdown(summary: dict[str, Any], command: str) -> str:
              f"Command: `{command}`", "",
              "| row | " + " | ".join(COLUMNS) + " | Stage II min | Stage I min | seeds |",
              "|---|" + "---|" * (len(COLUMNS) + 3)]
-    for name, runs in summary["results"].items():
+    # summaries written before runs recorded their seed ran every row for every seed, in order
+    results = {name: [{"seed": s, **r} for r, s in zip(runs, summary["seeds"], strict=False)]
+               for name, runs in summary["results"].items()}
+    for name, runs in results.items():
         if not runs:
             continue
         cells = [mean_sd([r.get(c) for r in runs]) for c in COLUMNS]
@@ -226,9 +229,9 @@ def ablation_markdown(summary: dict[str, Any], command: str) -> str:
         cells.append(mean_sd([r.get("pretrain_minutes", 0.0) for r in runs]))
         cells.append(",".join(str(r.get("seed", "?")) for r in runs))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    paired = summary.get("paired") or paired_differences(summary["results"])
+    paired = summary.get("paired") or paired_differences(results)
     if paired:
-        first = next(iter(summary["results"]))
+        first = next(iter(results))
         lines += ["", f"Paired difference against **{first}** (same seed, same test studies): the mean over seeds and a "
                   "95 % interval, either a bootstrap that resamples seeds and test patients together (seed and test "
                   "noise) or, where a run's predictions are missing, a t-interval over the per-seed differences "
