@@ -14,19 +14,16 @@ from deeppneumonia.evaluation.localization import (
     box_iou,
     box_mask,
     boxes_by_class,
-    centre_prior_map,
     energy_inside,
-    feature_grid,
     heatmap_boxes,
     localization_scores,
     mask_iou,
-    oracle_heatmap,
     patient_bootstrap_mean,
     pointing_hit,
     pointing_score,
-    reference_scores,
     summarize_localization,
 )
+from deeppneumonia.evaluation.references import centre_prior_map, feature_grid, oracle_heatmap, reference_scores
 
 TIOU_KEYS = [f"tiou@{t:g}" for t in IOU_THRESHOLDS]
 

@@ -225,8 +225,8 @@ def _references_and_occlusion(pred: Predictor, cache: Any, order: np.ndarray, la
     """``localization_references`` (centre prior and the oracle at the grid of Grad-CAM at ``layer`` and of each
     MGACR map+ scored) and ``occlusion`` (box-occlusion test + ROAD, ``evaluation/occlusion.py``) on the boxed
     images; {} when none has boxes."""
-    from deeppneumonia.evaluation.localization import STRIDES, cache_reference_scores, feature_grid
     from deeppneumonia.evaluation.occlusion import occlusion_report
+    from deeppneumonia.evaluation.references import STRIDES, cache_reference_scores, feature_grid
 
     if not any(cache.boxes(int(i)) for i in order):
         return {}

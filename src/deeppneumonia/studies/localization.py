@@ -52,16 +52,13 @@ from deeppneumonia.evaluation.localization import (
     IOU_THRESHOLDS,
     Box,
     boxes_by_class,
-    centre_prior_map,
-    feature_grid,
-    grid_label,
     localization_scores,
     patient_bootstrap_mean,
-    reference_scores,
     summarize_localization,
 )
 from deeppneumonia.evaluation.metrics import scalar_metrics
 from deeppneumonia.evaluation.occlusion import occlusion_report, paired_model_difference
+from deeppneumonia.evaluation.references import centre_prior_map, feature_grid, grid_label, reference_scores
 from deeppneumonia.inference.explain import gradcam
 from deeppneumonia.inference.predictor import Predictor
 from deeppneumonia.studies.ablation import TABLE1
