@@ -501,6 +501,28 @@ def case_jpeg_truncated(tmp: Path, capsys: Any) -> None:
     raises(ImageReadError, read_image, tmp / "t.jpg", match="t.jpg")
 
 
+def cut_scan(data: bytes, keep: float) -> bytes:
+    """``data`` with its last scan cut to ``keep`` of its coded bytes and an end-of-image marker appended."""
+    start = data.rfind(b"\xff\xda")
+    start += 2 + struct.unpack_from(">H", data, start + 2)[0]
+    return data[:start + int((data.rfind(b"\xff\xd9") - start) * keep)] + b"\xff\xd9"
+
+
+@case
+def case_jpeg_short_scan_with_eoi(tmp: Path, capsys: Any) -> None:
+    # libjpeg fills the missing blocks silently when a marker ends the scan early: 99 % of this image is invented.
+    (tmp / "s.jpg").write_bytes(cut_scan(jpeg_bytes(256, 256), 0.01))
+    raises(ImageReadError, read_image, tmp / "s.jpg", match="s.jpg: truncated JPEG file: scan 0")
+
+
+@case
+def case_dicom_embedded_jpeg_short_scan(tmp: Path, capsys: Any) -> None:
+    from pydicom.uid import JPEGBaseline8Bit
+
+    path = dicom(tmp / "s.dcm", 256, 256, cut_scan(jpeg_bytes(256, 256), 0.01), JPEGBaseline8Bit)
+    raises(ImageReadError, read_image, path, match="(embedded JPEG image): truncated JPEG file: scan 0")
+
+
 @case
 def case_text_named_jpg(tmp: Path, capsys: Any) -> None:
     (tmp / "x.jpg").write_text("not an image at all")
@@ -840,7 +862,7 @@ CASES["evaluate_n_boot_negative"] = _evaluate_case("img/0.png,a,1\n", ("n_boot",
 # the corpus
 # --------------------------------------------------------------------------------------------------
 
-N_CASES = 98
+N_CASES = 100
 
 
 def test_corpus_size() -> None:

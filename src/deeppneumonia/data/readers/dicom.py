@@ -10,8 +10,9 @@ an :class:`~deeppneumonia.errors.UnsupportedTransferSyntaxError` that names the 
 Decompression-bomb guards, all checked before a pixel is decoded: the Rows/Columns of the header; the
 dimensions in the header of the compressed image inside the file (the SOF marker of a JPEG or JPEG-LS
 codestream, the SIZ marker of a JPEG 2000 one: above the limits, or different from Rows/Columns, is
-refused); and for the deflated transfer syntax the inflated size, bounded by streaming the inflation with
-a cap (the header plus the pixel data that Rows, Columns, samples, bits and frames announce).
+refused; a single-frame JPEG's scans must be complete, see :mod:`.codestream`); and for the deflated transfer
+syntax the inflated size, bounded by streaming the inflation with a cap (the header plus the pixel data that
+Rows, Columns, samples, bits and frames announce).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deeppneumonia.data.readers.codestream import check_jpeg_complete, j2k_dims, jpeg_dims
 from deeppneumonia.data.readers.types import LUMA, DecodedImage, ImageInfo, check_dims
 from deeppneumonia.errors import ImageReadError, ImageTooLargeError, UnsupportedTransferSyntaxError
 
@@ -69,8 +71,6 @@ _JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.1
 _JPEG_LS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 _J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
                  "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
-# JPEG start-of-frame markers (C0-CF less DHT C4, JPG C8, DAC CC) and JPEG-LS's SOF55 (F7): height, width follow.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"}
 _HEADER_LIMIT = 64 * 2**20  # inflated bytes before the pixel data: far above any real header
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
@@ -157,67 +157,29 @@ def _announced_pixel_bytes(header: bytes, name: str, max_pixels: int, max_side: 
     return info.width * info.height * max(1, info.channels) * frames * max(1, (bits + 7) // 8)
 
 
-def _first_fragment(pixel_data: bytes) -> bytes | None:
-    """The first fragment of encapsulated pixel data (after the Basic Offset Table item), or None."""
-    pos, item = 0, 0
+def _fragments(pixel_data: bytes) -> list[bytes]:
+    """The fragments of encapsulated pixel data after the Basic Offset Table item (up to the first non-item)."""
+    pos, found = 0, []
     while pos + 8 <= len(pixel_data):
         if pixel_data[pos:pos + 4] != b"\xfe\xff\x00\xe0":  # (FFFE,E000) item
-            return None
+            break
         (length,) = struct.unpack_from("<I", pixel_data, pos + 4)
-        if item == 1:
-            return pixel_data[pos + 8:pos + 8 + length]
+        found.append(pixel_data[pos + 8:pos + 8 + length])
         pos += 8 + length
-        item += 1
-    return None
-
-
-def _jpeg_dims(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the SOF (or JPEG-LS SOF55) marker of a JPEG codestream, or None."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-            continue
-        if marker in _SOF_MARKERS:
-            if pos + 9 > len(data):
-                return None
-            height, width = struct.unpack_from(">HH", data, pos + 5)
-            return width, height
-        if marker == 0xDA:  # a scan before any frame header
-            return None
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        pos += 2 + length
-    return None
-
-
-def _j2k_dims(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the SIZ marker of a JPEG 2000 codestream (also inside a JP2 file), or None."""
-    at = data.find(b"\xff\x4f\xff\x51", 0, 65536)
-    if at < 0 or at + 28 > len(data):
-        return None
-    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", data, at + 8)
-    return xsiz - xosiz, ysiz - yosiz
+    return found[1:]
 
 
 def _check_codestream(ds: Dataset, ts: Any, info: ImageInfo, name: str, max_pixels: int, max_side: int) -> None:
     """The dimensions in the embedded JPEG / JPEG-LS / JPEG 2000 header: within the limits and equal to Rows/Columns."""
     uid = str(ts)
     if uid in _JPEG_SYNTAXES or uid in _JPEG_LS_SYNTAXES:
-        kind, dims_of = ("JPEG-LS" if uid in _JPEG_LS_SYNTAXES else "JPEG"), _jpeg_dims
+        kind, dims_of = ("JPEG-LS" if uid in _JPEG_LS_SYNTAXES else "JPEG"), jpeg_dims
     elif uid in _J2K_SYNTAXES:
-        kind, dims_of = "JPEG 2000", _j2k_dims
+        kind, dims_of = "JPEG 2000", j2k_dims
     else:
         return
-    fragment = _first_fragment(bytes(ds.PixelData))
-    dims = dims_of(fragment) if fragment is not None else None
+    fragments = _fragments(bytes(ds.PixelData))
+    dims = dims_of(fragments[0]) if fragments else None
     if dims is None:
         raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_ts_label(ts)}): the first fragment holds no "
                              f"readable {kind} header")
@@ -227,6 +189,8 @@ def _check_codestream(ds: Dataset, ts: Any, info: ImageInfo, name: str, max_pixe
     if (width, height) != (info.width, info.height):
         raise ImageReadError(f"{name}: the embedded {kind} image is {width}x{height} but the DICOM header says "
                              f"{info.width}x{info.height} (Columns x Rows); refusing to decode it")
+    if kind == "JPEG" and int(getattr(ds, "NumberOfFrames", 1) or 1) == 1:  # one frame: every fragment is its data
+        check_jpeg_complete(b"".join(fragments), f"{name} (embedded JPEG image)")
 
 
 def import_pydicom(name: str) -> Any:

@@ -2,8 +2,9 @@
 
 8-bit data is divided by 255, 16-bit data by 65535 (no contrast stretch); colour becomes luminance. Pillow
 reduces 16-bit colour PNGs to 8 bits per sample, so their precision is 8 bits. Truncated files are always
-an error: the byte stream is checked for completeness (PNG chunks up to ``IEND``, JPEG end-of-image marker
-after the last scan) so the result never depends on :data:`PIL.ImageFile.LOAD_TRUNCATED_IMAGES`.
+an error: the byte stream is checked for completeness (PNG chunks up to ``IEND``; for JPEG the end-of-image
+marker after the last scan and scans long enough for their blocks, :func:`.codestream.check_jpeg_complete`),
+so the result never depends on :data:`PIL.ImageFile.LOAD_TRUNCATED_IMAGES`.
 Pillow's ``DecompressionBombWarning`` is made an error inside :func:`warnings.catch_warnings`, whose filter
 state is process-wide before Python 3.14 (harmless here: only that warning category is touched).
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deeppneumonia.data.readers.codestream import check_jpeg_complete
 from deeppneumonia.data.readers.types import LUMA, DecodedImage, ImageInfo, check_dims
 from deeppneumonia.errors import ImageReadError, ImageTooLargeError
 
@@ -102,17 +104,6 @@ def _check_png_complete(data: bytes, name: str) -> None:
     raise ImageReadError(f"{name}: truncated PNG file: the data ends before the IEND chunk")
 
 
-def _check_jpeg_complete(data: bytes, name: str) -> None:
-    """The last scan (SOS marker) must be followed by an end-of-image (EOI) marker."""
-    last_sos = data.rfind(b"\xff\xda")
-    if last_sos < 0:
-        raise ImageReadError(f"{name}: truncated or corrupt JPEG file: no image scan (SOS marker)")
-    if data.rfind(b"\xff\xd9") < last_sos:
-        raise ImageReadError(
-            f"{name}: truncated JPEG file: no end-of-image marker after the last scan ({len(data)} bytes)"
-        )
-
-
 def decode_pil(data: bytes, fmt: str, name: str, max_pixels: int, max_side: int) -> DecodedImage:
     if fmt == "PNG":
         _check_png_header_dims(data, name, max_pixels, max_side)
@@ -125,7 +116,7 @@ def decode_pil(data: bytes, fmt: str, name: str, max_pixels: int, max_side: int)
             if fmt == "PNG":
                 _check_png_complete(data, name)
             else:
-                _check_jpeg_complete(data, name)
+                check_jpeg_complete(data, name)
             img.load()
             pixels = _pil_to_grey(img, name)
     return DecodedImage(pixels=pixels, info=info)
