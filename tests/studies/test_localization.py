@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from deeppneumonia.cli import build_parser
+from deeppneumonia.cli import main as cli_main
 from deeppneumonia.errors import DataError
-from deeppneumonia.studies.localization import localization_markdown, main, run_localization
+from deeppneumonia.studies.localization import localization_markdown, run_localization
 from tests.conftest import make_lesion_csv
 
 
@@ -58,11 +60,15 @@ def test_localize_command_line() -> None:
     assert args.overrides == ["train.iam.msa=false"]
 
 
-def test_reference_rows_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reference_rows_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
     csv_path = make_lesion_csv(tmp_path / "d", n=24, size=32)
     out = tmp_path / "refs"
-    assert main(["-c", "quick", "--out", str(out), f"data.path={csv_path}", "data.source=auto", "data.size=64",
-                 f"data.cache_dir={tmp_path / 'cache'}", "data.test_fraction=0.25", "run.progress=false"]) == 0
+    argv = ["localize", "--references-only", "-c", "quick", "--out", str(out), f"data.path={csv_path}",
+            "data.source=auto", "data.size=64", f"data.cache_dir={tmp_path / 'cache'}", "data.test_fraction=0.25",
+            "run.progress=false"]
+    monkeypatch.setattr(sys, "argv", ["deeppneumonia", *argv])  # the table records the command as typed
+    assert cli_main(argv) == 0
     table = (out / "references.md").read_text()
     assert "Oracle 2x2 (boxes)" in table and "Oracle 16x16 (boxes)" in table and "Centre prior" in table
-    assert "python -m deeppneumonia.studies.localization -c quick" in capsys.readouterr().out
+    assert "deeppneumonia localize --references-only -c quick" in capsys.readouterr().out

@@ -61,9 +61,12 @@ def cmd_multilabel(args: argparse.Namespace) -> int:
 
 def cmd_localize(args: argparse.Namespace) -> int:
     """`deeppneumonia localize`: IAM against Grad-CAM/CAM baselines on the boxed test images."""
-    from deeppneumonia.studies.localization import localization_markdown, run_localization
+    from deeppneumonia.studies.localization import localization_markdown, reference_study, run_localization
 
     out = Path(args.out)
+    if args.references_only:
+        summary = reference_study(args.config, _study_overrides(args), out)
+        return _publish(out, "references.md", localization_markdown(summary, command_line()))
     summary = run_localization(args.config, _study_overrides(args), out, args.baseline, args.guided)
     return _publish(out, "localization.md", localization_markdown(summary, command_line()))
 
@@ -106,4 +109,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "(Table I row 1) instead of training one")
     p.add_argument("--guided", type=Path, default=None, help="a Deep Pneumonia model.safetensors of the same split "
                    "(Table I row 5) instead of training one")
+    p.add_argument("--references-only", action="store_true", help="only the rows no model needs: the centre prior "
+                   "and the box oracles at each grid (references.md)")
     p.set_defaults(func=cmd_localize)

@@ -29,7 +29,7 @@ probability when the lesion boxes are filled minus the drop when the same box sh
 paired per image, with ROAD on Grad-CAM as a box-free measure.
 
 :func:`reference_study` computes the reference rows alone (no model), e.g.
-``python -m deeppneumonia.studies.localization -c siim-128-cpu --out runs/loc-refs-128``.
+``deeppneumonia localize --references-only -c siim-128-cpu --out runs/loc-refs-128``.
 """
 
 from __future__ import annotations
@@ -390,27 +390,3 @@ def localization_markdown(summary: dict[str, Any], command: str) -> str:
                 lines += ["", f"{name}, paired difference of the differences: {ci(d)} ({d['n']} items, "
                           f"{d['patients']} patients)."]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m deeppneumonia.studies.localization -c PRESET [--out DIR] [overrides...]``: the reference rows."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="centre-prior and oracle rows of the localization study (no model)")
-    ap.add_argument("-c", "--config", default="siim-128-cpu")
-    ap.add_argument("--out", type=Path, default=Path("runs/localize-references"))
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    summary = reference_study(args.config, args.overrides, args.out)
-    import sys
-
-    cmd = "python -m deeppneumonia.studies.localization " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = localization_markdown(summary, cmd)
-    (args.out / "references.md").write_text(table)
-    print(table)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
