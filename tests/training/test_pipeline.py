@@ -156,11 +156,12 @@ def test_probe_judges_an_encoder_against_random_init(tmp_path: Path, lesion_data
     run_pretrain(cfg)
     enc = tmp_path / "run" / "pretrain" / "encoder.safetensors"
     assert main(["-q", "probe", "--encoder", str(enc), "--data", str(lesion_data), "--cache-dir",
-                 str(tmp_path / "cache"), "--device", "cpu"]) == 0
+                 str(tmp_path / "cache"), "--device", "cpu", "--n-boot", "200"]) == 0
     out = capsys.readouterr().out
     assert "pretrained: knn_accuracy" in out and "random_init: knn_accuracy" in out
+    assert "difference: knn_accuracy" in out and "linear_balanced_accuracy" in out
     split = json.loads((tmp_path / "run" / "split.json").read_text())
-    assert f"test {len(split['test'])} images" in out  # the run's own held-out patients
+    assert f"val {len(split['val'])} images" in out  # the run's own validation patients, never its test part
 
 
 def test_stage1_extra_unlabelled_data_leaves_out_the_runs_own_images(tmp_path: Path, lesion_data: Path) -> None:

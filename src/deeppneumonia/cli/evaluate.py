@@ -45,10 +45,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from deeppneumonia.data.sources import resolve_data_path
     from deeppneumonia.evaluation.probe import probe_encoder
 
-    res = probe_encoder(args.encoder, resolve_data_path(str(args.data)), args.source, args.cache_dir, args.device)
-    print(f"train {res['train_images']} / test {res['test_images']} images (patient-disjoint)")
+    res = probe_encoder(args.encoder, resolve_data_path(str(args.data)), args.source, args.cache_dir, args.device,
+                        on=args.on, n_boot=args.n_boot)
+    print(f"train {res['train_images']} / {res['scored_on']} {res['scored_images']} images (patient-disjoint)")
     for name in ("pretrained", "random_init"):
         print(f"{name:>12}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[name].items()))
+    print(" difference: " + ", ".join(f"{k} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for k, (d, lo, hi) in
+                                      res["difference"].items()) + " (pre-trained minus random; 95 % patient bootstrap)")
     return 0
 
 
@@ -60,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--source", default="auto", help="data layout (default: detect)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="preprocessing cache folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--on", default="val", choices=["val", "test"],
+                   help="the run's patients to score on (default: val; the test part is for the final numbers)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of patients for the difference's CI")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")

@@ -1,10 +1,12 @@
 """Judge a Stage I encoder alone: kNN and linear-probe accuracy of its pooled features on a labelled split.
 
-``deeppneumonia probe --encoder RUN/pretrain/encoder.safetensors --data PATH`` embeds the run's train and
-test patients (the split.json of the encoder's run, or a fresh patient split) and reports the weighted kNN
-accuracy (Wu et al. 2018, k = 20, T = 0.07) and a multinomial logistic-regression probe (scikit-learn,
-standardised features) fitted on train, scored on test; and, for reference, the same for a randomly
-initialised encoder, so one sees what pre-training added.
+``deeppneumonia probe --encoder RUN/pretrain/encoder.safetensors --data PATH`` embeds the run's train
+patients and its validation patients (``--on val``, the default: a probe is a model choice, so it never looks at
+the test part) or test patients (``--on test``), from the split.json of the encoder's run (without one: a fresh
+70/30 patient split), and reports the weighted kNN accuracy (Wu et al. 2018, k = 20, T = 0.07) and a
+multinomial logistic-regression probe (scikit-learn, standardised features) fitted on train; and the same for a
+randomly initialised encoder, with the paired difference (pre-trained minus random, same images) and its 95 %
+patient-bootstrap interval, so one sees what pre-training added and whether it is more than sampling noise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from deeppneumonia.data.cache import build_cache
 from deeppneumonia.data.sources import load_source
 from deeppneumonia.data.splits import patient_split
 from deeppneumonia.errors import CheckpointError
+from deeppneumonia.evaluation.bootstrap import paired_seed_bootstrap
 from deeppneumonia.models.checkpoint import load_weights
 from deeppneumonia.models.factory import build_classifier, load_encoder
 from deeppneumonia.models.resnet import XRayResNet
@@ -49,29 +52,49 @@ def embed(model: XRayResNet, split: CachedSplit, rt: Runtime, pre: Preprocessing
     return torch.cat(out) if out else torch.zeros(0, 1)
 
 
+def knn_predict(train_feats: Tensor, train_labels: Tensor, val_feats: Tensor, num_classes: int,
+                k: int = 20, temperature: float = 0.07) -> Tensor:
+    """Weighted kNN on cosine similarity (Wu et al. 2018): the class with most votes exp(sim / T) of the k nearest."""
+    sim = val_feats @ train_feats.T
+    top, idx = sim.topk(min(k, len(train_feats)), dim=1)
+    votes = torch.zeros(len(val_feats), num_classes).scatter_add_(1, train_labels[idx], torch.exp(top / temperature))
+    return votes.argmax(1)
+
+
 def knn_accuracy(train_feats: Tensor, train_labels: Tensor, val_feats: Tensor, val_labels: Tensor,
                  k: int = 20, temperature: float = 0.07) -> float:
-    """Weighted kNN on cosine similarity (Wu et al. 2018): votes exp(sim / T) of the k nearest."""
+    """Accuracy of :func:`knn_predict` on ``val``; NaN when either side is empty."""
     if len(train_feats) == 0 or len(val_feats) == 0:
         return float("nan")
     c = int(max(train_labels.max(), val_labels.max())) + 1
-    sim = val_feats @ train_feats.T
-    top, idx = sim.topk(min(k, len(train_feats)), dim=1)
-    votes = torch.zeros(len(val_feats), c).scatter_add_(1, train_labels[idx], torch.exp(top / temperature))
-    return float((votes.argmax(1) == val_labels).float().mean())
+    return float((knn_predict(train_feats, train_labels, val_feats, c, k, temperature) == val_labels).float().mean())
 
 
-def probe_scores(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, k: int = 20) -> dict[str, float]:
+def probe_predictions(train_f: Tensor, train_y: Tensor, test_f: Tensor, num_classes: int,
+                      k: int = 20) -> dict[str, np.ndarray]:
+    """Per-image predicted classes of the two probes, ``{"knn": (N,), "linear": (N,)}``."""
     lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
     lr.fit(train_f.numpy(), train_y.numpy())
-    pred = lr.predict(test_f.numpy())
-    return {"knn_accuracy": knn_accuracy(train_f, train_y, test_f, test_y, k),
-            "linear_accuracy": float((pred == test_y.numpy()).mean()),
-            "linear_balanced_accuracy": float(balanced_accuracy_score(test_y.numpy(), pred))}
+    return {"knn": knn_predict(train_f, train_y, test_f, num_classes, k).numpy(),
+            "linear": lr.predict(test_f.numpy())}
+
+
+def _accuracies(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Accuracy and balanced accuracy from one-hot predictions and targets (the bootstrap's metric)."""
+    p, t = pred.argmax(1), target.argmax(1)
+    return {"accuracy": float((p == t).mean()), "balanced_accuracy": float(balanced_accuracy_score(t, p))}
 
 
 def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "auto",
-                  cache_dir: str | Path = "~/.cache/deeppneumonia", device: str = "auto", seed: int = 0) -> dict[str, Any]:
+                  cache_dir: str | Path = "~/.cache/deeppneumonia", device: str = "auto", seed: int = 0,
+                  on: str = "val", n_boot: int = 1000) -> dict[str, Any]:
+    """Probe a Stage I encoder and a random one on the same images; see the module docstring.
+
+    Returns ``{"train_images", "scored_on", "scored_images", "pretrained": {...}, "random_init": {...},
+    "difference": {"knn_accuracy": (diff, lo, hi), ...}}`` (difference = pre-trained minus random).
+    """
+    if on not in ("val", "test"):
+        raise ValueError(f"on must be 'val' or 'test', got {on!r}")
     state, meta = load_weights(encoder_path)
     if meta.get("kind") != "encoder":
         raise CheckpointError(f"{encoder_path}: holds a {meta.get('kind')!r}, not a Stage I encoder")
@@ -83,15 +106,19 @@ def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "aut
         parts = json.loads(split_file.read_text())
         where = {i: k for k, v in enumerate(ids) for i in [v]}
         train_idx = np.asarray([where[i] for i in parts["train"]])
-        test_idx = np.asarray([where[i] for i in parts["test"] or parts["val"]])
+        scored = parts[on] or parts["val" if on == "test" else "test"]
+        on = on if parts[on] else ("val" if on == "test" else "test")
+        test_idx = np.asarray([where[i] for i in scored])
     else:
         sp = patient_split(manifest, 0.0, 0.3, seed)
-        train_idx, test_idx = sp.train, sp.test
+        train_idx, test_idx, on = sp.train, sp.test, "held-out 30 % of patients"
     pre = Preprocessing(int(meta["size"]), str(meta["resize"]), float(meta["mean"]), float(meta["std"]))
     cache = build_cache(manifest, pre.size, cache_dir, pre.resize, progress=False)
     train, test = CachedSplit(cache, np.sort(train_idx)), CachedSplit(cache, np.sort(test_idx))
     ty, vy = train.targets.argmax(1), test.targets.argmax(1)
-    out: dict[str, Any] = {"train_images": len(train), "test_images": len(test)}
+    c = int(train.targets.shape[1])
+    out: dict[str, Any] = {"train_images": len(train), "scored_on": on, "scored_images": len(test)}
+    onehot: dict[str, dict[str, np.ndarray]] = {}
     for name, load in (("pretrained", True), ("random_init", False)):
         torch.manual_seed(seed)
         model = build_classifier(1, meta["arch"])
@@ -100,5 +127,18 @@ def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "aut
         model.to(rt.device)
         f_tr = embed(model, train, rt, pre)
         f_te = embed(model, test, rt, pre)
-        out[name] = probe_scores(f_tr, ty, f_te, vy)
+        preds = probe_predictions(f_tr, ty, f_te, c)
+        onehot[name] = {p: np.eye(c)[v] for p, v in preds.items()}
+        out[name] = {"knn_accuracy": float((preds["knn"] == vy.numpy()).mean()),
+                     "linear_accuracy": float((preds["linear"] == vy.numpy()).mean()),
+                     "linear_balanced_accuracy": float(balanced_accuracy_score(vy.numpy(), preds["linear"]))}
+    target = np.eye(c)[vy.numpy()]
+    patients = [manifest.records[int(i)].patient_id for i in np.sort(test_idx)]
+    out["difference"] = {}
+    for probe in ("knn", "linear"):
+        diff = paired_seed_bootstrap([onehot["pretrained"][probe]], [onehot["random_init"][probe]], target, patients,
+                                     _accuracies, n_boot=n_boot, seed=seed)
+        out["difference"][f"{probe}_accuracy"] = diff["accuracy"]
+        if probe == "linear":
+            out["difference"]["linear_balanced_accuracy"] = diff["balanced_accuracy"]
     return out
