@@ -11,6 +11,7 @@ __all__ = ["XRayDataset"]
 
 
 def __getattr__(name: str) -> Any:
+    """Import ``XRayDataset`` on first access (module ``__getattr__``); other names raise AttributeError."""
     if name == "XRayDataset":
         from deeppneumonia.data.dataset import XRayDataset
 

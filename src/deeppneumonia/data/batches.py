@@ -33,9 +33,11 @@ class BatchSource:
     """Anything that gives a batch for positions ``0 .. len-1``; ``iterate`` makes seeded epochs of it."""
 
     def __len__(self) -> int:
+        """Number of positions (images) the source holds."""
         raise NotImplementedError
 
     def batch(self, pos: np.ndarray) -> Batch:
+        """The batch of the records at positions ``pos`` (subclasses implement it)."""
         raise NotImplementedError
 
     def iterate(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
@@ -66,6 +68,7 @@ class BatchSource:
         stop_event = threading.Event()
 
         def work() -> None:
+            """Producer thread: put each batch (or the exception raised) on the queue, then None."""
             try:
                 for c in chunks:
                     if stop_event.is_set():
@@ -108,6 +111,7 @@ class CachedSplit(BatchSource):
         self.pin = False  # gather batches into pinned host memory (they go to a GPU: ``place_data`` sets it)
 
     def nbytes(self) -> int:
+        """Bytes the split's uint8 images take (what ``keep_on`` copies to the device)."""
         return len(self) * int(self.cache.images.shape[1]) * int(self.cache.images.shape[2])
 
     def keep_on(self, device: torch.device, chunk_bytes: int = 256 * 2**20) -> None:
@@ -128,12 +132,19 @@ class CachedSplit(BatchSource):
         self._resident_meta = (self.boxes.to(device), self.has_box.to(device), self.targets.to(device))
 
     def __len__(self) -> int:
+        """Number of (decodable) records in the split."""
         return len(self.indices)
 
     def class_counts(self) -> list[int]:
+        """Positives per class in the split (unknown targets are not counted)."""
         return [int(v) for v in torch.nansum(self.targets == 1, dim=0).tolist()]
 
     def batch(self, pos: np.ndarray) -> Batch:
+        """The batch at split positions ``pos``, reordered by increasing record index (memmap offset).
+
+        Gathered on the device when ``keep_on`` made the split resident, else read from the memmap (into pinned
+        memory when ``pin`` is set).
+        """
         order = np.argsort(self.indices[pos])  # read the memmap in increasing offset order
         pos = pos[order]
         p = torch.from_numpy(pos)
@@ -160,6 +171,7 @@ class UnlabelledUnion(BatchSource):
     """
 
     def __init__(self, parts: list[CachedSplit]) -> None:
+        """Pool ``parts``; raises ValueError unless all their caches have one image size."""
         sizes = {p.cache.images.shape[1:] for p in parts}
         if len(sizes) != 1:
             raise ValueError(f"all parts need one image size; got {sorted(sizes)}")
@@ -167,9 +179,14 @@ class UnlabelledUnion(BatchSource):
         self.offsets = np.cumsum([0] + [len(p) for p in parts])
 
     def __len__(self) -> int:
+        """Total number of images over the parts."""
         return int(self.offsets[-1])
 
     def batch(self, pos: np.ndarray) -> Batch:
+        """Images at pooled positions ``pos`` (sorted), gathered from each member and concatenated.
+
+        The batch lives on the device of the first part when it is resident there; boxes and targets are empty, index -1.
+        """
         pos = np.sort(pos)
         member = np.searchsorted(self.offsets, pos, side="right") - 1
         images = [self.parts[m].batch(pos[member == m] - self.offsets[m]).images for m in np.unique(member)]

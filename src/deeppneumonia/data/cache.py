@@ -71,6 +71,7 @@ def resize_image(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
 
 
 def _decode(args: tuple[str, int, str]) -> tuple[np.ndarray | None, str | None]:
+    """Worker job (path, size, mode) -> (cache image, None), or (None, error message) when decoding fails."""
     path, size, mode = args
     try:
         return resize_image(read_image(path).pixels, size, mode), None
@@ -79,6 +80,7 @@ def _decode(args: tuple[str, int, str]) -> tuple[np.ndarray | None, str | None]:
 
 
 def fingerprint(manifest: Manifest, size: int, mode: str) -> str:
+    """16-hex-digit hash of the cache version, size, mode and each record's id, path, byte size and mtime."""
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{mode}".encode())
     for r in manifest.records:
         try:
@@ -111,10 +113,12 @@ class Cache:
         return tuple(b.scaled(sx, sy, dx, dy) for b in r.boxes)
 
     def valid_indices(self) -> np.ndarray:
+        """Indices of the records whose image decoded."""
         return np.flatnonzero(self.valid)
 
 
 def _open(path: Path, manifest: Manifest) -> Cache:
+    """Open a built cache folder (images memory-mapped); DataError when its index does not match ``manifest``."""
     index = json.loads((path / "index.json").read_text())
     if index["image_ids"] != [r.image_id for r in manifest.records]:
         raise DataError(f"{path}: cache index does not match the manifest; delete the folder to rebuild")
@@ -178,6 +182,7 @@ def build_cache(manifest: Manifest, size: int, cache_dir: str | Path, mode: str 
 
 
 def _map(jobs: Sequence[tuple[str, int, str]], workers: int) -> Iterator[tuple[np.ndarray | None, str | None]]:
+    """Decode ``jobs`` in order: in-process for one worker or under 64 jobs, else in a process pool."""
     if workers <= 1 or len(jobs) < 64:
         yield from map(_decode, jobs)
         return

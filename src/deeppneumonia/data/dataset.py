@@ -96,9 +96,14 @@ class XRayDataset(Dataset[dict[str, Any]]):
         return self.cache.size
 
     def __len__(self) -> int:
+        """Number of items (the selected records whose image decoded)."""
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        """Item ``i``: image (1, S, S) float in [0, 1], target, lesion mask, boxes (x, y, w, h), ids.
+
+        The transform, if any, is applied to image, mask and boxes together; normalisation comes after it.
+        """
         rec_i = int(self.indices[i])
         rec = self.cache.manifest.records[rec_i]
         s = self.cache.size

@@ -165,6 +165,7 @@ def read_image_bytes(
 
 
 def _check_regular_file(path: Path) -> None:
+    """Raise ImageReadError unless ``path`` is an existing, accessible, non-empty regular file."""
     try:
         st = path.stat()
     except FileNotFoundError as exc:
@@ -178,6 +179,7 @@ def _check_regular_file(path: Path) -> None:
 
 
 def _format_from_head(head: bytes) -> str | None:
+    """``JPEG``, ``PNG`` or ``DICOM`` from the file signature in ``head``, or None."""
     if head.startswith(_JPEG_MAGIC):
         return "JPEG"
     if head.startswith(PNG_MAGIC):
@@ -188,6 +190,7 @@ def _format_from_head(head: bytes) -> str | None:
 
 
 def _not_an_image_message(name: str, head: bytes) -> str:
+    """The error message for a file whose signature is not JPEG, PNG or DICOM (shows its first 8 bytes)."""
     sig = head[:8].hex(" ") if head else "(empty)"
     return (
         f"{name}: not an image: unrecognised file signature {sig} "
@@ -216,6 +219,7 @@ def _looks_like_headless_dicom(source: Path | bytes) -> bool:
 
 
 def _decode(data: bytes, fmt: str, name: str, max_pixels: int, max_side: int) -> DecodedImage:
+    """Decode ``data`` of the detected format ``fmt``: DICOM through pydicom, JPEG and PNG through Pillow."""
     if fmt == "DICOM":
         from deeppneumonia.data.readers.dicom import decode_dicom  # imports this module's types: loaded on first use
 

@@ -85,6 +85,7 @@ class Problem:
     severity: Severity = "error"
 
     def __str__(self) -> str:
+        """``[severity] kind: file[:row]: message``."""
         where = self.file if self.row is None else f"{self.file}:{self.row}"
         return f"[{self.severity}] {self.kind}: {where}: {self.message}"
 
@@ -99,6 +100,7 @@ class ProblemLog:
     def add(
         self, kind: str, message: str, file: str | Path, row: int | None = None, severity: Severity = "error"
     ) -> None:
+        """Record a problem; under ``strict`` an error raises DataError instead."""
         problem = Problem(kind, message, str(file), row, severity)
         if self.strict and severity == "error":
             raise DataError(f"{problem} (strict mode: fix the input or drop --strict to skip it)")
@@ -107,6 +109,7 @@ class ProblemLog:
 
 
 def one_hot(index: int, n: int) -> tuple[float, ...]:
+    """A one-hot target of length ``n`` with 1 at ``index``."""
     return tuple(1.0 if i == index else 0.0 for i in range(n))
 
 
@@ -122,9 +125,11 @@ class Manifest:
     problems: list[Problem] = field(default_factory=list)
 
     def __len__(self) -> int:
+        """Number of records."""
         return len(self.records)
 
     def __post_init__(self) -> None:
+        """Raise DataError on duplicate image ids or a target whose length is not the number of classes."""
         ids = Counter(r.image_id for r in self.records)
         dup = [i for i, c in ids.items() if c > 1]
         if dup:
@@ -166,6 +171,7 @@ class Manifest:
                         [self.records[i] for i in indices])
 
     def patients(self) -> list[str]:
+        """The patient id of every record, in record order."""
         return [r.patient_id for r in self.records]
 
     def stratify_labels(self) -> np.ndarray:
@@ -208,4 +214,5 @@ def validate_box(
 
 
 def summarize_counts(values: Sequence[str]) -> dict[str, int]:
+    """Occurrences of each value, sorted by value."""
     return dict(sorted(Counter(values).items()))

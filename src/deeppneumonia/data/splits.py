@@ -25,6 +25,7 @@ class Split:
     test: np.ndarray
 
     def parts(self) -> dict[str, np.ndarray]:
+        """The parts by name: ``train``, ``val``, ``test``."""
         return {"train": self.train, "val": self.val, "test": self.test}
 
 

@@ -34,12 +34,14 @@ class DataSummary:
     problems: list[Problem] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict (problems as dicts)."""
         d = dict(self.__dict__)
         d["problems"] = [p.__dict__ for p in self.problems]
         return d
 
 
 def _decode_info(path: str) -> tuple[str | None, str | None]:
+    """Worker job: (``FORMAT N-bit Cch``, None) for an image that decodes, else (None, error message)."""
     try:
         info = read_image(path).info
         return f"{info.format} {info.bit_depth}-bit {info.channels}ch", None
@@ -88,6 +90,7 @@ def summarize(manifest: Manifest, decode: bool = True, workers: int | None = Non
 
 
 def format_summary(s: DataSummary, max_problems: int = 50) -> str:
+    """The summary as text: counts per class, sizes, formats and the first ``max_problems`` problems."""
     lines = [f"data set: {s.name} ({s.task}, {len(s.classes)} classes)",
              f"images: {s.images}   patients: {s.patients}   studies: {s.studies}",
              f"images with boxes: {s.images_with_boxes} ({s.boxes} boxes)", "",

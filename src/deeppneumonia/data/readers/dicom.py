@@ -194,6 +194,7 @@ def _check_codestream(ds: Dataset, ts: Any, info: ImageInfo, name: str, max_pixe
 
 
 def import_pydicom(name: str) -> Any:
+    """Return the pydicom module; ImageReadError naming the ``dicom`` extra when it is not installed."""
     try:
         import pydicom
     except ImportError as exc:
@@ -204,6 +205,7 @@ def import_pydicom(name: str) -> Any:
 
 
 def dicom_info(ds: Dataset, name: str) -> ImageInfo:
+    """Header information (size, samples per pixel, bits stored) of a DICOM data set; ImageReadError without Rows/Columns."""
     rows = ds.get("Rows")
     cols = ds.get("Columns")
     if rows is None or cols is None:
@@ -240,6 +242,7 @@ def _ensure_transfer_syntax(ds: Dataset) -> Any:
 
 
 def _ts_label(ts: Any) -> str:
+    """``UID (name)`` of a transfer syntax, or ``UID (unknown transfer syntax)`` for an unregistered one."""
     try:
         label = str(ts.name)
     except (AttributeError, KeyError, ValueError):  # an unregistered UID has no name
@@ -248,6 +251,7 @@ def _ts_label(ts: Any) -> str:
 
 
 def _unsupported(name: str, ts: Any, detail: str) -> UnsupportedTransferSyntaxError:
+    """The UnsupportedTransferSyntaxError for ``ts``, with a hint which decoder package to install."""
     hint = _DECODER_HINTS.get(str(ts), _GENERIC_HINT)
     return UnsupportedTransferSyntaxError(
         f"{name}: DICOM pixel data uses transfer syntax {_ts_label(ts)}, which cannot be decoded: "
@@ -272,6 +276,7 @@ def _check_decoder(ts: Any, name: str) -> bool:
 
 
 def _dicom_lut_functions() -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
+    """pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` (from their pydicom 3 or pydicom 2 location)."""
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom < 3
@@ -283,6 +288,11 @@ def _dicom_lut_functions() -> tuple[Callable[..., np.ndarray], Callable[..., np.
 
 
 def decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int) -> DecodedImage:
+    """Decode frame 0 of a DICOM file to grey [0, 1] pixels.
+
+    Raises ImageReadError (or a subclass) for a corrupt file, one without pixel data, an image above the limits or
+    pixel data that cannot be decoded; other errors are wrapped in ImageReadError.
+    """
     pydicom = import_pydicom(name)
     check_deflated(data, name, max_pixels, max_side)
     try:
@@ -307,6 +317,11 @@ def decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int) -> Deco
 
 
 def _dicom_frame0(ds: Dataset, name: str, info: ImageInfo, max_pixels: int, max_side: int) -> np.ndarray:
+    """The pixel array of frame 0 ((H, W), or (H, W, samples) for colour); warns when frames are dropped.
+
+    Checks the decoder and the embedded codestream first; a missing decoder raises UnsupportedTransferSyntaxError,
+    other decoding failures ImageReadError.
+    """
     ts = _ensure_transfer_syntax(ds)
     checked = _check_decoder(ts, name)
     _check_codestream(ds, ts, info, name, max_pixels, max_side)
@@ -346,6 +361,7 @@ def _dicom_frame0(ds: Dataset, name: str, info: ImageInfo, max_pixels: int, max_
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as float32 scaled to [0, 1] by its min and max (all zeros for a constant image)."""
     out = arr.astype(np.float32)
     lo = float(out.min())
     hi = float(out.max())
@@ -358,6 +374,7 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
 
 
 def _has_voi_lut_sequence(ds: Dataset) -> bool:
+    """Whether the data set has a VOI LUT sequence whose first item holds a descriptor and data."""
     seq = ds.get("VOILUTSequence")
     if not seq:
         return False
@@ -366,6 +383,11 @@ def _has_voi_lut_sequence(ds: Dataset) -> bool:
 
 
 def _dicom_to_grey(arr: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
+    """Grey [0, 1] float32 pixels of a frame: modality LUT, then VOI LUT or window, else min-max.
+
+    A VOI LUT or window that fails is logged and replaced by min-max scaling; MONOCHROME1 is inverted.
+    Colour and palette images go to ``_dicom_colour_to_grey``.
+    """
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if arr.ndim == 3 or photometric == "PALETTE COLOR":
         return _dicom_colour_to_grey(arr, ds, photometric)
@@ -409,6 +431,10 @@ def _apply_window(values: np.ndarray, ds: Dataset, apply_voi_lut: Callable[..., 
 
 
 def _dicom_colour_to_grey(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    """Grey [0, 1] of a colour frame by luma weights.
+
+    Palette images go through the colour LUT and are min-max scaled; others are divided by the full range of BitsStored.
+    """
     if photometric == "PALETTE COLOR":
         try:
             from pydicom.pixels import apply_color_lut

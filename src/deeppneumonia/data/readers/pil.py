@@ -37,6 +37,7 @@ _EIGHT_BIT_MODES = frozenset(
 
 
 def _pil_formats(fmt: str) -> tuple[str, ...]:
+    """The Pillow formats to try for ``fmt`` (JPEG also accepts MPO)."""
     return ("JPEG", "MPO") if fmt == "JPEG" else (fmt,)
 
 
@@ -72,6 +73,7 @@ def _check_png_header_dims(data: bytes, name: str, max_pixels: int, max_side: in
 
 
 def _pil_info(img: Image.Image, fmt: str, head: bytes) -> ImageInfo:
+    """Header information of an opened Pillow image (16-bit depth taken from the PNG IHDR where Pillow drops it)."""
     mode = img.mode
     channels = (4 if mode == "PA" or "transparency" in img.info else 3) if mode in ("P", "PA") else len(img.getbands())
     bit_depth = 16 if mode in _SIXTEEN_BIT_MODES else 8
@@ -105,6 +107,11 @@ def _check_png_complete(data: bytes, name: str) -> None:
 
 
 def decode_pil(data: bytes, fmt: str, name: str, max_pixels: int, max_side: int) -> DecodedImage:
+    """Decode a JPEG or PNG file to grey [0, 1] pixels.
+
+    Dimensions and completeness (PNG chunks up to IEND, JPEG up to EOI) are checked before the pixels are
+    decoded; failures raise ImageReadError (ImageTooLargeError for decompression bombs).
+    """
     if fmt == "PNG":
         _check_png_header_dims(data, name, max_pixels, max_side)
     with _pil_guard(name, fmt):
@@ -124,6 +131,11 @@ def decode_pil(data: bytes, fmt: str, name: str, max_pixels: int, max_side: int)
 
 
 def _pil_to_grey(img: Image.Image, name: str) -> np.ndarray:
+    """(H, W) float32 grey in [0, 1] of a loaded Pillow image.
+
+    16-bit modes are divided by 65535, palette images expanded to colour, and other modes converted to ``L``;
+    ImageReadError for a mode that is not 8- or 16-bit.
+    """
     mode = img.mode
     if mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(img)

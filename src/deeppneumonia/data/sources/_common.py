@@ -31,6 +31,7 @@ class _LineFeed:
         return self
 
     def __next__(self) -> str:
+        """The next physical line, remembered for ``take``."""
         line = next(self._lines)
         self.used.append(line)
         return line
@@ -98,11 +99,13 @@ def open_csv(path: Path, plog: ProblemLog | None = None) -> tuple[list[str], Ite
         seen.setdefault(h, i)
 
     def report(row_no: int, message: str) -> None:
+        """Report a malformed row to ``plog`` (skipped), or raise DataError when there is no ``plog``."""
         if plog is None:
             raise DataError(f"{path}:{row_no}: {message}")
         plog.add("bad_row", f"{message}; row skipped", path, row_no)
 
     def rows() -> Iterator[tuple[int, dict[str, str]]]:
+        """Yield (row number, row) for each usable row; blank lines are skipped, malformed rows reported."""
         row_no = 1
         while True:
             row_no += 1

@@ -18,6 +18,7 @@ UNUSABLE_FINDINGS = {"", "todo", "unknown", "nan"}
 
 
 def is_covid_cxr(root: Path) -> bool:
+    """Whether ``root`` holds a ``metadata.csv`` with ``finding`` and ``filename`` columns."""
     meta = root / "metadata.csv"
     if not meta.is_file():
         return False
@@ -26,6 +27,10 @@ def is_covid_cxr(root: Path) -> bool:
 
 
 def load_covid_cxr(root: Path, plog: ProblemLog) -> Manifest:
+    """Read the covid-chestxray-dataset at ``root`` (frontal X-rays only) into a multi-class manifest.
+
+    Classes are the sorted leaf findings; filtered and unusable rows are reported to ``plog``.
+    """
     meta = root / "metadata.csv"
     rows = []
     for row_no, row in read_csv(meta, ["patientid", "finding", "view", "modality", "filename"], plog):

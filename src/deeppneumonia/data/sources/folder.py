@@ -19,10 +19,12 @@ SPLIT_NAMES = {"train", "val", "valid", "validation", "test"}
 
 
 def _class_dirs(root: Path) -> list[Path]:
+    """The visible sub-folders of ``root``, sorted."""
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def is_folder_layout(root: Path) -> bool:
+    """Whether ``root`` has a sub-folder holding images, directly or under train/val/test folders."""
     dirs = _class_dirs(root) if root.is_dir() else []
     if not dirs:
         return False
@@ -38,6 +40,11 @@ def is_folder_layout(root: Path) -> bool:
 
 
 def load_folder(root: Path, plog: ProblemLog, patient_regex: str | None = None) -> Manifest:
+    """Read a class-per-folder data set (all split folders when present) into a multi-class manifest.
+
+    Classes are the sorted folder names. ``patient_regex`` (first group = patient id) replaces the Kermany
+    conventions; an image it does not match is its own patient (one warning for all of them).
+    """
     dirs = _class_dirs(root)
     split_dirs = dirs if dirs and all(d.name.lower() in SPLIT_NAMES for d in dirs) else [root]
     classes = sorted({c.name for s in split_dirs for c in _class_dirs(s)})

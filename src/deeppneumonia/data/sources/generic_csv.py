@@ -26,6 +26,7 @@ from deeppneumonia.errors import DataError
 
 
 def _parse_boxes(text: str) -> list[Box]:
+    """Boxes of a JSON ``[[x, y, w, h], ...]`` cell (empty cell: none); ValueError for another shape."""
     if not text:
         return []
     value = json.loads(text)
@@ -35,6 +36,7 @@ def _parse_boxes(text: str) -> list[Box]:
 
 
 def _cell_value(text: str) -> float:
+    """A per-class cell as 1.0 / 0.0, or NaN for empty, ``nan``, ``-1`` or ``unknown``; ValueError otherwise."""
     if text.lower() in {"", "nan", "-1", "unknown"}:
         return math.nan
     v = float(text)
@@ -44,6 +46,11 @@ def _cell_value(text: str) -> float:
 
 
 def load_generic_csv(csv_path: Path, plog: ProblemLog, classes: Sequence[str] | None = None) -> Manifest:
+    """Read a data set in the generic CSV layout (see the module docstring) into a manifest.
+
+    The task is multi-label with per-class columns (all of ``classes`` in the header) or a ``labels`` column,
+    multi-class with a ``label`` column; DataError when ``path`` or every label column is missing.
+    """
     root = csv_path.parent
     header, csv_rows = open_csv(csv_path, plog)
     if "path" not in header:

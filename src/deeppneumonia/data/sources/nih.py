@@ -32,10 +32,12 @@ OFFICIAL_BOX_COLUMNS = {"x": "Bbox [x", "y": "y", "w": "w", "h": "h]"}
 
 
 def _first(root: Path, names: tuple[str, ...]) -> Path:
+    """The first of ``names`` that is a file under ``root`` (the first name when none is)."""
     return next((root / n for n in names if (root / n).is_file()), root / names[0])
 
 
 def is_nih(root: Path) -> bool:
+    """Whether ``root`` has an NIH label file with a ``Finding Labels`` column."""
     labels = _first(root, LABEL_FILES)
     if not labels.is_file():
         return False
@@ -44,6 +46,11 @@ def is_nih(root: Path) -> bool:
 
 def load_nih(root: Path, plog: ProblemLog, mode: Literal["multilabel", "binary"] = "multilabel",
              image_dir: str = "images") -> Manifest:
+    """Read NIH ChestX-ray14 at ``root`` into a manifest (see the module docstring for ``mode``).
+
+    Each image is its own study; boxes are validated against the image, and boxes of images without a usable
+    label row are reported as orphans.
+    """
     labels_csv, boxes_csv = _first(root, LABEL_FILES), _first(root, BOX_FILES)
     boxes: dict[str, list[tuple[int, Box]]] = defaultdict(list)
     if boxes_csv.is_file():

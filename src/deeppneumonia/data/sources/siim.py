@@ -18,6 +18,7 @@ CLASSES = ("Negative for Pneumonia", "Typical Appearance", "Indeterminate Appear
 
 
 def is_siim(root: Path) -> bool:
+    """Whether ``root`` has both SIIM label files (study level and image level)."""
     return (root / "train_study_level.csv").is_file() and (root / "train_image_level.csv").is_file()
 
 
@@ -32,6 +33,10 @@ def _parse_boxes(text: str) -> list[dict[str, float]]:
 
 
 def load_siim(root: Path, plog: ProblemLog, image_dir: str = "images") -> Manifest:
+    """Read SIIM-FISABIO-RSNA at ``root`` into a 4-class manifest; images take their study's label.
+
+    Images need a row in ``image_meta.csv`` (patient id, original size to scale the boxes); rows without one are reported.
+    """
     study_csv, image_csv, meta_csv = (root / n for n in
                                       ("train_study_level.csv", "train_image_level.csv", "image_meta.csv"))
     study_label: dict[str, int] = {}

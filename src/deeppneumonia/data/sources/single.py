@@ -12,6 +12,7 @@ from deeppneumonia.data.sources._common import probe
 
 
 def load_single_image(path: Path, plog: ProblemLog) -> Manifest:
+    """A manifest holding the one image at ``path`` (no classes, empty target); empty when it cannot be read."""
     records = []
     info = probe(path, plog, path, None)
     if info is not None:
