@@ -46,6 +46,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 # import graph of scripts/import_graph.py gains no edge from the package root).
 
 def __getattr__(name: str) -> Any:
+    """Import an exported name from its module on first access and cache it in the package namespace."""
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'deeppneumonia' has no attribute {name!r}")
@@ -55,4 +56,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The module's globals plus every lazily exported name."""
     return sorted(set(globals()) | set(_EXPORTS))

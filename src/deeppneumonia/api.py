@@ -48,6 +48,7 @@ def load_predictor(checkpoint: str | Path, device: str = "auto") -> Predictor:
 
 
 def _as_predictor(model: Predictor | str | Path) -> Predictor:
+    """``model`` itself, or the predictor loaded from a checkpoint path."""
     return model if not isinstance(model, str | Path) else load_predictor(model)
 
 
@@ -78,6 +79,7 @@ def to_pixels(image: ImageLike) -> np.ndarray:
 
 
 def _inputs(pred: Predictor, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+    """One preprocessed batch (B, 1, S, S) from one image or a sequence of images (paths or arrays)."""
     import torch
 
     one = isinstance(images, str | Path) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)

@@ -234,6 +234,7 @@ class Config:
     run: RunConfig = RunConfig()
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (what checkpoints and ``config.yaml`` store)."""
         return dataclasses.asdict(self)
 
 
@@ -290,6 +291,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """An instance of the dataclass ``cls`` from ``values`` on top of ``base`` (default ``cls()``).
+
+    Nested mappings update the nested sections key by key; raises ConfigError for an unknown key or a value of
+    the wrong type (``prefix`` is the dotted key path for the messages).
+    """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(values) - names
@@ -399,11 +405,16 @@ def validate(cfg: Config) -> Config:
 
 
 def preset_names() -> list[str]:
+    """Names of the presets shipped in ``deeppneumonia/configs`` (the YAML files, without suffix)."""
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("deeppneumonia.configs").iterdir()
                   if p.name.endswith(".yaml"))
 
 
 def _read_yaml(preset: str) -> dict[str, Any]:
+    """The sections of a preset name or YAML file path as a dict (an empty file gives ``{}``).
+
+    Raises ConfigError for a missing file, an unknown preset or YAML that is not a mapping.
+    """
     path = Path(preset)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -429,6 +440,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The validated Config of a preset (or YAML path; None: the defaults) with ``section.key=value`` overrides.
+
+    Raises ConfigError for an unknown key, a wrong type or a value out of range.
+    """
     values: dict[str, Any] = _read_yaml(preset) if preset else {}
     for text in overrides:
         path, value = parse_override(text)

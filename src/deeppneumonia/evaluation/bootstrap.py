@@ -130,6 +130,7 @@ def evaluate_with_ci(probs: np.ndarray, targets: np.ndarray, classes: Sequence[s
     fn = scalar_metrics(multilabel, thresholds)
 
     def level(pl: np.ndarray, tl: np.ndarray, pats: Sequence[Hashable]) -> dict[str, Any]:
+        """Metrics of one level (image or study) with bootstrap CIs over ``pats``."""
         res = classification_metrics(pl, tl, classes, multilabel, thresholds)
         res["ci"] = {} if n_boot == 0 else to_jsonable(bootstrap_ci(pl, tl, pats, fn, n_boot=n_boot, seed=seed,
                                                                     n_jobs=n_jobs))  # n_boot 0: no intervals

@@ -64,6 +64,7 @@ _STRUCTURE = np.ones((3, 3), dtype=bool)
 
 
 def _tiou_key(t: float) -> str:
+    """The result key of the tIoU threshold ``t`` (``tiou@0.5``)."""
     return f"tiou@{t:g}"
 
 

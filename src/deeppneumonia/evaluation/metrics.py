@@ -95,6 +95,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def _none_if_nan(value: float) -> float | None:
+    """``value``, or None when it is not finite."""
     return value if math.isfinite(value) else None
 
 
@@ -274,6 +275,7 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequ
 
 
 def _multiclass_metrics(p: np.ndarray, t: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """:func:`classification_metrics` of a multi-class task: scalars, per-class scores, confusion matrix, ECE."""
     c = p.shape[1]
     labels = _multiclass_labels(t)
     truth = labels[:, None] == np.arange(c)
@@ -296,6 +298,7 @@ def _multiclass_metrics(p: np.ndarray, t: np.ndarray, classes: list[str]) -> dic
 
 
 def _multilabel_metrics(p: np.ndarray, t: np.ndarray, classes: list[str], thr: np.ndarray) -> dict[str, Any]:
+    """:func:`classification_metrics` of a multi-label task; unknown (NaN) targets are left out per class."""
     truth, known = _multilabel_truth(t)
     auroc, ap = _ovr_auroc_ap(p, truth, known)
     prec, rec, f1, support = _multilabel_prf(p, truth, known, thr)

@@ -184,6 +184,7 @@ class _ProbTarget:
         self.category, self.multilabel = category, multilabel
 
     def __call__(self, output: Tensor) -> Tensor:
+        """The target class's probability of ``output`` (sigmoid if multi-label, else softmax)."""
         if self.multilabel:
             return torch.sigmoid(output[..., self.category])
         return torch.softmax(output, -1)[..., self.category]

@@ -12,6 +12,7 @@ import numpy as np
 
 
 def _fig(w: float = 4.2, h: float = 3.6) -> tuple[Any, Any]:
+    """A new matplotlib figure and axes (Agg backend) of ``w`` x ``h`` inches."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -21,6 +22,7 @@ def _fig(w: float = 4.2, h: float = 3.6) -> tuple[Any, Any]:
 
 
 def _png(fig: Any) -> bytes:
+    """The figure as PNG bytes (tight layout); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -31,6 +33,7 @@ def _png(fig: Any) -> bytes:
 
 
 def roc_pr(curves: dict[str, dict[str, list[float]]]) -> tuple[bytes, bytes]:
+    """(ROC, precision-recall) figures as PNG bytes, one curve per class of ``curves``."""
     fig, ax = _fig()
     for name, c in curves.items():
         if c.get("fpr"):
@@ -49,6 +52,7 @@ def roc_pr(curves: dict[str, dict[str, list[float]]]) -> tuple[bytes, bytes]:
 
 
 def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
+    """The confusion matrix (rows = true, columns = predicted) with counts, as PNG bytes."""
     m = np.asarray(matrix)
     fig, ax = _fig(4.4, 4.0)
     ax.imshow(m, cmap="Blues")
@@ -63,6 +67,7 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
 
 
 def reliability(rel: dict[str, list[float | None]]) -> bytes:
+    """The reliability diagram (observed accuracy per confidence bin against the diagonal) as PNG bytes."""
     fig, ax = _fig()
     centres = np.asarray(rel["centres"], dtype=float)
     acc = np.asarray([np.nan if a is None else a for a in rel["accuracy"]], dtype=float)

@@ -23,10 +23,12 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.figs img{ma
 
 
 def _img(png: bytes, alt: str) -> str:
+    """An inline ``<img>`` tag holding ``png`` as a base64 data URI."""
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _fmt(v: Any) -> str:
+    """A table cell's text: ``–`` for None, 3 decimals for floats, else the HTML-escaped value."""
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -35,6 +37,7 @@ def _fmt(v: Any) -> str:
 
 
 def _ci(ci: dict[str, Any], key: str) -> str:
+    """The CI ``[lo, hi]`` of metric ``key`` as a note span, or an empty string when there is no finite interval."""
     lo_hi = ci.get(key)
     if not lo_hi or lo_hi[0] is None or (isinstance(lo_hi[0], float) and np.isnan(lo_hi[0])):
         return ""
@@ -42,6 +45,7 @@ def _ci(ci: dict[str, Any], key: str) -> str:
 
 
 def _summary_table(levels: dict[str, dict[str, Any]]) -> str:
+    """HTML table of the headline metrics (with CIs) of each level (image, study)."""
     keys = ["accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "map", "ece"]
     head = "".join(f"<th>{k}</th>" for k in keys)
     rows = []
@@ -52,6 +56,7 @@ def _summary_table(levels: dict[str, dict[str, Any]]) -> str:
 
 
 def _per_class(m: dict[str, Any]) -> str:
+    """HTML table of the per-class metrics of one level."""
     keys = ["precision", "recall", "f1", "auroc", "ap", "support"]
     rows = "".join(f"<tr><td>{html.escape(c)}</td>{''.join(f'<td>{_fmt(v.get(k))}</td>' for k in keys)}</tr>"
                    for c, v in m.get("per_class", {}).items())
@@ -59,6 +64,7 @@ def _per_class(m: dict[str, Any]) -> str:
 
 
 def _localization(loc: dict[str, Any]) -> str:
+    """HTML table of localization scores (overall and per box label), or a note when nothing was scored."""
     if not loc:
         return "<p class=note>No image of this split has lesion boxes: localization not scored.</p>"
     overall = loc.get("overall", loc)
@@ -83,6 +89,7 @@ def _references_and_occlusion(result: dict[str, Any]) -> list[str]:
     occ = result.get("occlusion")
     if occ and occ.get("n"):
         def ci(d: dict[str, Any]) -> str:
+            """``mean [lo, hi]`` of a bootstrap summary."""
             return f"{_fmt(d.get('mean'))} [{_fmt(d.get('lo'))}, {_fmt(d.get('hi'))}]"
 
         road = occ.get("road", {})
@@ -103,6 +110,16 @@ def _references_and_occlusion(result: dict[str, Any]) -> list[str]:
 
 def write_report(path: Path, result: dict[str, Any], pred: Predictor, probs: np.ndarray, targets: np.ndarray,
                  gallery: Sequence[tuple[str, Any]], run_dir: Path) -> None:
+    """Write the self-contained HTML report of an evaluation to ``path``.
+
+    Args:
+        result: the evaluation result (metrics with CIs, localization, references, occlusion).
+        probs: (N, C) probabilities and ``targets`` (N, C), for the curves and the reliability diagram.
+        gallery: (name, PIL image) pairs of Grad-CAM overlays.
+        run_dir: the training run whose ``metrics.jsonl`` files give the training curves.
+
+    Figures are left out, with a note, when matplotlib is not installed.
+    """
     classes = pred.classes
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>deeppneumonia evaluation</title>"
              f"<style>{CSS}</style></head><body><h1>Evaluation report</h1>",

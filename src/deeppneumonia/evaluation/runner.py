@@ -189,6 +189,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out_dir: str |
 
 
 def _write_predictions(path: Path, recs: list[Any], probs: np.ndarray, pred: Predictor) -> None:
+    """Write ``predictions.csv``: ids, one probability column per class, true labels and predicted labels."""
     labels = pred.labels(probs)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
