@@ -33,6 +33,7 @@ class MissingExtraError(DeepPneumoniaError):
     """
 
     def __init__(self, extra: str, module: str) -> None:
+        """Build the one-line install hint for ``extra`` (``module`` is the import that failed)."""
         self.extra, self.module = extra, module
         what = PURPOSE.get(extra, "this feature")
         super().__init__(f"{what} needs the {extra} extra ({module} is not installed): "

@@ -111,6 +111,7 @@ def cam_from_features(features: Tensor, fc_weight: Tensor, class_index: Sequence
 
 
 def _cam_class(method: str) -> Any:
+    """The pytorch-grad-cam class of ``method`` (checked against :data:`METHODS`)."""
     import pytorch_grad_cam as pgc
 
     return {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
@@ -166,6 +167,7 @@ def gradcam(model: nn.Module, x: Tensor, class_index: int | Sequence[int], layer
 
 
 def _colormap(heat: np.ndarray) -> np.ndarray:
+    """(H, W) heat in [0, 1] -> (H, W, 3) uint8 RGB through matplotlib's ``jet`` colormap."""
     import matplotlib
 
     return (matplotlib.colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255).astype(np.uint8)

@@ -35,6 +35,7 @@ class _WithFeatures(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, CAM feature map): layer4, or the aggregated map of an MSA network."""
         from deeppneumonia.models.cam import cam_features
 
         last = cam_features(self.model, x)  # layer4, or the aggregated map of an MSA network (IAM)
@@ -71,6 +72,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, with_features: bool = F
 
 
 def parity(onnx_path: Path, model: nn.Module, size: int, atol: float = 1e-4, n: int = 4) -> dict[str, Any]:
+    """Compare the ONNX model with ``model`` on ``n`` seeded random inputs (onnxruntime, CPU).
+
+    Returns ``{"max_abs_diff", "ok", "atol", "batch"}``; the difference of each output is taken relative to its
+    scale (divided by 1 + the largest reference magnitude).
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -141,6 +147,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, ba
             self.it = iter(range(0, len(calibration), batch))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
+            """The next calibration batch as the ``image`` input, or None when done."""
             i = next(self.it, None)
             return None if i is None else {"image": np.ascontiguousarray(calibration[i:i + batch], np.float32)}
 

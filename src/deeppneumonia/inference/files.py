@@ -73,6 +73,7 @@ def heatmap_names(files: Sequence[Path], roots: Sequence[str | Path], suffix: st
     """One unique overlay file name per input: ``<stem><suffix>`` unless two inputs share it; then the path
     relative to the folder argument, ``/`` replaced by ``__``; then a counter."""
     def relative(f: Path) -> str:
+        """``f`` relative to the first root that contains it, ``/`` as ``__`` (else its last two parts)."""
         for r in map(Path, roots):
             try:
                 rel = f.relative_to(r)
@@ -176,6 +177,12 @@ def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], heatmaps:
 
 def _predict_chunk(pred: Any, good: list[tuple[int, np.ndarray]], rows: list[dict[str, Any]], heatmaps: Path | None,
                    names: list[str], cls: int | None, layer: str, method: str) -> None:
+    """Predict one chunk of decoded images and fill their ``rows`` in place.
+
+    ``good`` holds (row index, cache-size uint8 image). Each row gets ``p_<class>``, ``prediction`` and ``error``
+    (an error for non-finite probabilities); with ``heatmaps`` an overlay of class ``cls`` (None: the
+    explained class) is saved under ``names[i]`` and its path stored as ``heatmap``.
+    """
     x = pred.preprocess_uint8(torch.from_numpy(np.stack([g[1] for g in good]))[:, None])
     probs, heat, idx = pred.predict(x, heatmaps is not None, None if cls is None else [cls] * len(good), layer, method)
     labels = pred.labels(probs)
@@ -214,6 +221,10 @@ def check_output(out: Path | None) -> None:
 
 
 def write_predictions(rows: list[dict[str, Any]], out: Path | None, fmt: str = "csv") -> None:
+    """Write prediction rows to ``out`` (None: stdout) as CSV or JSON (``fmt``).
+
+    CSV columns: path, the probabilities, prediction, error, heatmap, then any other keys; missing cells are empty.
+    """
     fh = out.open("w", newline="") if out else sys.stdout
     try:
         if fmt == "json":

@@ -84,11 +84,13 @@ class OnnxPredictor(DecisionMixin):
         return self.pre.from_uint8(images, "cpu")
 
     def _run(self, x: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run the session on (B, 1, S, S) input: (logits, CAM features or None without them)."""
         arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
         got = self.session.run(None, {"image": np.ascontiguousarray(arr, np.float32)})
         return got[0], (got[1] if len(got) > 1 else None)
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
+        """Logits -> probabilities (softmax, or sigmoid for multi-label)."""
         t = torch.from_numpy(np.asarray(logits, np.float32))
         return (torch.sigmoid(t) if self.multilabel else torch.softmax(t, 1)).numpy()  # type: ignore[no-any-return]
 

@@ -61,6 +61,7 @@ class DecisionMixin:
 
     @property
     def thresholds(self) -> np.ndarray | None:
+        """Per-class decision thresholds from the metadata, or None when the model has none."""
         t = self.meta.get("thresholds")
         return None if t is None else np.asarray(t, dtype=np.float32)
 
@@ -158,6 +159,7 @@ class Predictor(DecisionMixin):
         return self.pre.from_uint8(images, self.rt.device)
 
     def _probs(self, logits: Tensor) -> np.ndarray:
+        """Logits -> probabilities as a float32 numpy array (softmax, or sigmoid for multi-label)."""
         logits = logits.float()
         probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
         return probs.cpu().numpy()  # type: ignore[no-any-return]
