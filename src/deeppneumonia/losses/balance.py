@@ -56,6 +56,10 @@ class MultiLabelBalanceLoss(nn.Module):
 
     def __init__(self, train_targets: Tensor | Sequence[Sequence[float]] | None = None, gamma: float = 2.0,
                  pos_weight: PosWeight = "dataset") -> None:
+        """Take ``w+``/``w-`` from ``train_targets`` (N, C) for ``pos_weight="dataset"``.
+
+        Raises ValueError for ``gamma < 0``, an unknown ``pos_weight`` or ``"dataset"`` without training targets.
+        """
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0; got {gamma}")
@@ -72,6 +76,10 @@ class MultiLabelBalanceLoss(nn.Module):
         self.register_buffer("w_neg", wn)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The balance loss (module docstring) of (N, C) logits and 0/1/NaN targets: scalar fp32.
+
+        Averaged over the known (image, finding) pairs; ValueError unless both are (N, C) of one shape.
+        """
         if logits.shape != target.shape or logits.ndim != 2:
             raise ValueError(f"logits and target must both be (N, C); got {tuple(logits.shape)}, {tuple(target.shape)}")
         with torch.autocast(device_type=logits.device.type, enabled=False):

@@ -170,6 +170,10 @@ class ClassBalancedFocalLoss(nn.Module):
             return self._sigmoid_loss(logits.float(), target)
 
     def _softmax_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Eq. (9) in softmax mode: mean over the batch of ``-w_y (1 - p_t)^gamma log p_t``.
+
+        ``target`` must be (N,) integer class indices (ValueError for another shape, TypeError for float or bool).
+        """
         if target.ndim != 1 or target.shape[0] != logits.shape[0]:
             raise ValueError(f"target must have shape ({logits.shape[0]},); got {tuple(target.shape)}")
         if target.dtype.is_floating_point or target.dtype == torch.bool:
@@ -204,6 +208,10 @@ class ClassBalancedFocalLoss(nn.Module):
         return (self.weights[target] * (q * terms).sum(1)).mean()
 
     def _sigmoid_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Eq. (9) in sigmoid mode (per element, Lin et al.'s form), averaged over the known elements.
+
+        ``target`` (N, C) float, NaN = unknown (masked out); ValueError when its shape is not that of ``logits``.
+        """
         if target.shape != logits.shape:
             raise ValueError(f"target must have shape {tuple(logits.shape)}; got {tuple(target.shape)}")
         target = target.float()

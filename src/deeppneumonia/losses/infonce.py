@@ -28,6 +28,7 @@ _SELF_MASK_VALUE = -1.0e9
 
 
 def _check_views(z1: Tensor, z2: Tensor) -> None:
+    """Raise ValueError unless ``z1`` and ``z2`` are (N, D) of one shape with N, D >= 1."""
     if z1.ndim != 2 or z2.ndim != 2:
         raise ValueError(f"z1 and z2 must be 2-D (N, D); got shapes {tuple(z1.shape)} and {tuple(z2.shape)}")
     if z1.shape != z2.shape:

@@ -24,6 +24,7 @@ def cam_features(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _fc(model: nn.Module) -> nn.Linear:
+    """The classifier's linear ``fc`` layer; ValueError when the model has none (CAM needs GAP + linear)."""
     fc = getattr(model, "fc", None)
     if not isinstance(fc, nn.Linear):
         raise ValueError("CAM needs a classifier that ends in global average pooling + a linear `fc` (a ResNet)")

@@ -35,6 +35,10 @@ class CrossAttentionResNet(XRayResNet):
     fresh_prefixes = ("fc.", "layer4_b.", "att_a.", "att_b.", "cls_", "bias_")  # what a Stage I encoder leaves fresh
 
     def __init__(self, num_classes: int, in_chans: int = 1) -> None:
+        """Shared trunk and branch A as in ResNet18; branch B, attention and class weights initialised fresh.
+
+        Branch B's convolutions get Kaiming init, the per-class weights N(0, 0.01), the biases 0; ``fc`` is an Identity.
+        """
         super().__init__("resnet18", num_classes, in_chans)
         self.inplanes = 256
         self.layer4_b = self._make_layer(BasicBlock, 512, 2, stride=2)  # branch B, its own random init
@@ -53,6 +57,7 @@ class CrossAttentionResNet(XRayResNet):
             nn.init.normal_(w, std=0.01)
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Features of branch A (``layer4``) and branch B (``layer4_b``) on the shared trunk, each (B, 512, h, w)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.layer4(x), self.layer4_b(x)
@@ -72,9 +77,11 @@ class CrossAttentionResNet(XRayResNet):
                 "logits": (logits_a + logits_b) / 2}
 
     def forward_all(self, x: Tensor) -> dict[str, Tensor]:
+        """Every output of :meth:`attend` (maps, cross-attention, branch and mean logits) for input ``x``."""
         return self.attend(*self.branches(x))
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C) logits: the mean of the two branches'."""
         return self.forward_all(x)["logits"]
 
     @torch.no_grad()

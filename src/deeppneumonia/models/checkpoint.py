@@ -27,6 +27,10 @@ META_KEY = "deeppneumonia"
 
 
 def _atomic_target(path: Path) -> Path:
+    """The temporary path ``.NAME.tmp-PID`` beside ``path`` to write before the rename; creates the folder.
+
+    Raises CheckpointError when the folder cannot be created or ``path`` is a folder.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # under /proc, below a file, read-only, ...
@@ -72,6 +76,7 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a process we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,6 +87,7 @@ def _alive(pid: int) -> bool:
 
 
 def versions() -> dict[str, str]:
+    """Versions of deeppneumonia, torch, torchvision and Python (stored in checkpoint metadata)."""
     import torchvision
 
     from deeppneumonia import __version__
@@ -103,6 +109,10 @@ def save_weights(path: str | Path, state: dict[str, Tensor], metadata: dict[str,
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state dict, metadata) of a checkpoint written by :func:`save_weights`.
+
+    Raises CheckpointError for a missing or unreadable file, or metadata that is absent or not a JSON object.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -154,6 +164,7 @@ def load_state(path: str | Path, modules: Iterable[str] | None = None) -> dict[s
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON (non-JSON values as ``str``), atomically."""
     path = Path(path)
     tmp = _atomic_target(path)
     tmp.write_text(json.dumps(data, indent=1, default=str))

@@ -26,6 +26,7 @@ ARCHS = ("resnet18", "resnet50", "vgg16", "vgg16_bn", "can_resnet18")
 
 
 def _vgg(arch: str, num_classes: int, in_chans: int) -> nn.Module:
+    """A torchvision VGG16 (``vgg16_bn`` with batch norm) whose first convolution takes ``in_chans`` channels."""
     vgg = (vgg16 if arch == "vgg16" else vgg16_bn)(weights=None, num_classes=num_classes)
     stem = nn.Conv2d(in_chans, 64, kernel_size=3, padding=1)
     nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")  # torchvision's VGG init

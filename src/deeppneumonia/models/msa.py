@@ -81,6 +81,7 @@ class MSAResNet(XRayResNet):
     fresh_prefixes = ("fc.", "msa.")
 
     def __init__(self, base: str, layers: Sequence[int], num_classes: int, in_chans: int = 1, **kwargs: Any) -> None:
+        """The ``base`` ResNet plus an MSA module over ``layers`` and an ``fc`` on its channels (grey stem unless 3)."""
         super().__init__(base, num_classes, in_chans=3, **kwargs)
         self.msa = MSAModule(layers, STAGE_CHANNELS[base])
         self.fc = nn.Linear(self.msa.out_channels, num_classes)

@@ -76,4 +76,5 @@ class XRayResNet(ResNet):
         return pooled if pre_logits else self.fc(pooled)  # type: ignore[no-any-return]
 
     def _forward_impl(self, x: Tensor) -> Tensor:
+        """``forward`` of torchvision's ResNet: :meth:`forward_head` of :meth:`forward_features`."""
         return self.forward_head(self.forward_features(x))
