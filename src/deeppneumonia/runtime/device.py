@@ -34,12 +34,14 @@ class Runtime:
     channels_last: bool
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """An autocast context of ``dtype`` on the device, or a no-op context for fp32."""
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @property
     def memory_format(self) -> torch.memory_format:
+        """``torch.channels_last`` when enabled, else the contiguous format."""
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
@@ -90,6 +92,11 @@ def check_device(device: str) -> torch.device:
 
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool = True,
                     threads: int = 0, deterministic: bool = False) -> Runtime:
+    """Device, autocast dtype and memory format of a run; also sets threads and CUDA backends.
+
+    ``precision="auto"``: bf16 on Ampere+ GPUs (fp16 on older ones) and on CPUs with native bf16, else fp32.
+    Raises ConfigError for a device that is malformed or absent (:func:`check_device`).
+    """
     dev = check_device(device)
     if threads > 0:
         torch.set_num_threads(threads)

@@ -37,22 +37,27 @@ log = logging.getLogger(__name__)
 
 
 def is_distributed() -> bool:
+    """Whether a torch.distributed process group is initialised."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """Number of processes in the group (1 when not distributed)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def local_rank() -> int:
+    """This process's rank on its machine, from ``LOCAL_RANK`` (0 when not distributed)."""
     return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
 
 
 def is_main() -> bool:
+    """Whether this is rank 0 (always True when not distributed)."""
     return rank() == 0
 
 
@@ -79,6 +84,7 @@ def setup(device: str = "auto", timeout_minutes: float = 60.0) -> bool:
 
 
 def cleanup() -> None:
+    """Leave the process group, if one is initialised."""
     if is_distributed():
         dist.destroy_process_group()
 
@@ -98,6 +104,7 @@ def device_for(device: str) -> str:
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
     if is_distributed():
         dist.barrier()
 
@@ -144,6 +151,7 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:
+    """``obj`` of rank ``src`` on every rank (a picklable object; ``obj`` itself when not distributed)."""
     if not is_distributed():
         return obj
     box = [obj]
@@ -152,6 +160,7 @@ def broadcast_object(obj: object, src: int = 0) -> object:
 
 
 def gather_objects(obj: object) -> list[object]:
+    """The ``obj`` of every rank, in rank order, on every rank (``[obj]`` when not distributed)."""
     if not is_distributed():
         return [obj]
     out: list[object] = [None] * world_size()

@@ -97,6 +97,7 @@ class Batcher:
 
     def __init__(self, predictor: Any, layer: str = "layer4", method: str = "gradcam",
                  max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> None:
+        """Start the batching thread; ValueError unless ``max_batch >= 1`` and ``max_wait_ms >= 0``."""
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
         self.predictor = predictor
@@ -115,9 +116,14 @@ class Batcher:
         return fut
 
     def close(self) -> None:
+        """Ask the thread to stop once the inputs queued before are done."""
         self._queue.put(None)
 
     def _loop(self) -> None:
+        """The thread: take the first queued input, add more until ``max_batch`` or ``max_wait``, run them.
+
+        Results (or the exception of a failed pass) go to each input's future; a None in the queue stops the thread.
+        """
         while True:
             first = self._queue.get()
             if first is None:
@@ -144,6 +150,11 @@ class Batcher:
                 it[2].set_result(out)
 
     def _run(self, items: list[tuple[torch.Tensor, bool, Future[Output], float]]) -> list[Output]:
+        """One forward pass over ``items``: an :class:`Output` per item with queue, model and CAM times in ms.
+
+        When the fast CAM applies, heatmaps come from the forward pass for every row; otherwise they are computed
+        afterwards for the rows that asked for one.
+        """
         from deeppneumonia.inference import explain
 
         t0 = time.perf_counter()

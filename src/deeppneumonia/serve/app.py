@@ -72,12 +72,14 @@ class UploadError(Exception):
     """A request that cannot be analysed, with its HTTP status and a message for the client."""
 
     def __init__(self, status: int, detail: str) -> None:
+        """``status``: the HTTP status to answer with; ``detail``: the client's message."""
         super().__init__(detail)
         self.status = status
         self.detail = detail
 
 
 def _status_of(exc: ImageReadError) -> int:
+    """HTTP status of an image read error: 413 too large, 415 not an image or unsupported syntax, else 422."""
     if isinstance(exc, ImageTooLargeError):
         return 413
     if isinstance(exc, NotAnImageError | UnsupportedTransferSyntaxError):
@@ -86,6 +88,7 @@ def _status_of(exc: ImageReadError) -> int:
 
 
 def _mib(n: int) -> str:
+    """``n`` bytes as ``N bytes (X MiB)`` for messages."""
     return f"{n} bytes ({n / 2**20:.3g} MiB)"
 
 
@@ -188,6 +191,7 @@ def _upload_name(filename: str, media: str) -> str:
 
 
 def _error_of(exc: Exception) -> tuple[int, str]:
+    """(HTTP status, message) of an upload, image-read or memory error; other exceptions are re-raised."""
     if isinstance(exc, UploadError):
         return exc.status, exc.detail
     if isinstance(exc, ImageReadError):
@@ -276,6 +280,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Middleware: add nosniff, no-referrer and no-store headers unless the response sets them."""
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -284,6 +289,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
+        """Answer an UploadError with its status; 408 and 413 close the connection (the body is left unread)."""
         log.info("rejected upload: %s %s", exc.status, exc.detail)
         headers = {"Connection": "close"} if exc.status in (408, 413) else None  # the rest of the body is not read
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
@@ -321,6 +327,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         return {**analyzer.info(), "limits": limits, "version": __version__}
 
     async def answer(prep: Prepared) -> dict[str, Any]:
+        """Run a prepared upload through the batcher, then finish its answer in the threadpool."""
         out = await asyncio.wrap_future(analyzer.submit(prep))
         return await run_in_threadpool(analyzer.finish, prep, out)
 
@@ -350,6 +357,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
                 body = await read_body(request, limit, timeout=body_timeout)
 
             def work(body: bytes) -> Prepared:  # in the threadpool: parsing and decoding never block the loop
+                """Parse the upload (multipart or raw), refuse an empty file and decode it (runs in the threadpool)."""
                 data, filename = (multipart_file(body, content_type, limit) if media == "multipart/form-data"
                                   else (body, ""))
                 if not data:
@@ -379,6 +387,10 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
             body = await read_body(request, limit + MULTIPART_ALLOWANCE, limit, body_timeout)
 
             def work(body: bytes) -> list[Prepared | tuple[int, str]]:
+                """Decode every file part of the body: a Prepared per file, or (status, message) for one that fails.
+
+                Raises UploadError(400) when there is no file part or more than ``MAX_BATCH_FILES``.
+                """
                 files = [(f, d) for _, f, d in multipart_parts(body, content_type) if f is not None]
                 if not files:
                     raise UploadError(400, "no file in the upload: send one multipart part with a file name per image")
@@ -415,6 +427,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback IP address."""
     if host == "localhost":
         return True
     try:
