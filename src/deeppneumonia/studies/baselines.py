@@ -73,4 +73,5 @@ def fit_classical(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[n
 
 
 def describe() -> dict[str, Any]:
+    """Each classical baseline's name and its scikit-learn estimator as text (seed 0)."""
     return {name: str(make(0)) for name, make in CLASSICAL.items()}

@@ -19,6 +19,7 @@ def study_config(preset: str, overrides: list[str], out: Path, seed: int, extra:
 
 
 def hardware() -> dict[str, str]:
+    """What a study ran on: device (GPU name, or CPU with its threads), CPU, Python, torch, torchvision."""
     import torchvision
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
@@ -27,6 +28,7 @@ def hardware() -> dict[str, str]:
 
 
 def mean_sd(values: list[float | None]) -> str:
+    """``mean ± sd`` of the values that are not None (one value: the mean alone; none: ``–``)."""
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if v.size == 0:
         return "–"

@@ -99,6 +99,7 @@ def _reusable_rows(previous: dict[str, Any] | None, base: Config, test_split: st
 
 
 def comparison_markdown(summary: dict[str, Any], command: str) -> str:
+    """The comparison table in Markdown: mean ± sd per method over its seeds, with data, hardware and ``command``."""
     cols = ("accuracy", "macro_f1", "study_map")
     row_seeds = summary.get("row_seeds", {})
     lines = [f"Data `{summary['data']}`; test part: {summary['test_images']} images of {summary['test_patients']} "

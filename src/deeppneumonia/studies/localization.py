@@ -90,6 +90,11 @@ def _training_seconds(run_dir: Path) -> float:
 
 
 def _check_split(model: Path, data: PreparedData) -> None:
+    """Raise DataError unless the run of ``model`` has the same test images as ``data``.
+
+    The run's ``split.json`` is looked up beside its run folder (or one level up, the ablation layout); its absence
+    is a DataError too.
+    """
     split_file = model.resolve().parent.parent / "split.json"
     if not split_file.is_file():
         split_file = model.resolve().parent.parent.parent / "split.json"  # ablation layout: seedN/split.json
@@ -102,6 +107,7 @@ def _check_split(model: Path, data: PreparedData) -> None:
 
 
 def _gradcam(pred: Predictor, x: torch.Tensor, cls: list[int]) -> np.ndarray:
+    """Grad-CAM heatmaps of ``layer4`` for the classes ``cls``: the :data:`HeatFn` of a plain classifier."""
     return gradcam(pred.model, x, cls, "layer4")
 
 
@@ -182,6 +188,7 @@ def reference_rows(data: PreparedData, classes: Sequence[str], multilabel: bool,
 
 
 def classification_on_test(pred: Predictor, data: PreparedData) -> dict[str, float]:
+    """Scalar classification metrics (:func:`scalar_metrics`) of ``pred`` on the test part."""
     probs = []
     for batch in data.test.iterate(64):
         probs.append(pred.probabilities(pred.preprocess_uint8(batch.images)))
@@ -200,11 +207,13 @@ def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline:
         raise DataError(f"{base.data.path}: no boxed test images, nothing to localize")
 
     def cfg(name: str, extra: tuple[str, ...]) -> Config:
+        """The config of the row ``name``: its own run folder under ``out_dir`` plus ``extra`` overrides."""
         return load_config(preset, [*overrides, f"run.out_dir={out_dir / name}", *extra])
 
     minutes: dict[str, float] = {}
 
     def train(name: str, extra: tuple[str, ...], pretrain: bool = False) -> Path:
+        """Train the row ``name`` (Stage I first with ``pretrain``), record its minutes; returns its model path."""
         c = cfg(name, extra)
         if pretrain:
             run_pretrain(c, data)
@@ -304,6 +313,7 @@ def reference_study(preset: str, overrides: list[str], out_dir: Path) -> dict[st
 
 
 def _mapplus(heads: torch.nn.Module, layer: int) -> HeatFn:
+    """A :data:`HeatFn` giving MGACR's map+ of ``layer`` (the class is ignored)."""
     def fn(pred: Predictor, x: torch.Tensor, cls: list[int]) -> np.ndarray:
         return mgacr_heatmaps(heads, pred.model, x, layer)
     return fn
@@ -322,6 +332,7 @@ def _cam_of(nets: list[torch.nn.Module], how: str) -> HeatFn:
 
 
 def _cell(v: float | None) -> str:
+    """A score to 3 decimals, ``–`` for None or NaN."""
     return "–" if v is None or v != v else f"{v:.3f}"
 
 

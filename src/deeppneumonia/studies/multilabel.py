@@ -89,9 +89,11 @@ def run_multilabel_comparison(preset: str, overrides: list[str], seeds: list[int
 
 
 def multilabel_markdown(summary: dict[str, Any], command: str) -> str:
+    """The comparison table in Markdown: AUROC per finding and method, mean ± sd over seeds with the first seed's CI."""
     names = list(summary["results"])
 
     def cell(runs: list[dict[str, Any]], key: str) -> str:
+        """``mean ± sd [lo, hi]`` of ``key`` over the runs (``–`` when no run defines it)."""
         vals = [r["auroc"][key] for r in runs if not np.isnan(r["auroc"][key])]
         if not vals:
             return "–"
