@@ -32,11 +32,16 @@ class CANTask(SupervisedTask):
     name = "train"
 
     def build_model(self, num_classes: int) -> CrossAttentionResNet:
+        """The two-branch CAN network (``arch`` is recorded as ``can_resnet18``)."""
         self.arch = "can_resnet18"
         return CrossAttentionResNet(num_classes)
 
     def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit, rt: Runtime, classes: tuple[str, ...],
                  task: str, encoder: dict[str, Tensor] | None = None) -> None:
+        """A supervised task with MGACR switched off (CAN reads no boxes) plus the multi-label balance loss.
+
+        Raises ConfigError unless the data set is multi-label and ``train.arch`` is resnet18.
+        """
         if task != "multilabel":
             raise ConfigError("train.method=can is a multi-label method: use a multi-label data set (NIH source "
                               "'nih', or a CSV with several label columns), or train.method=deep_pneumonia")
@@ -50,6 +55,10 @@ class CANTask(SupervisedTask):
         self.balance = MultiLabelBalanceLoss(train.targets, c.balance_gamma, c.balance_pos_weight).to(rt.device)
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
+        """Losses of one batch: ``balance`` on the logits, ``attention`` on the cross-attention maps.
+
+        ``loss = balance + train.can.attention_weight * attention``.
+        """
         x, _ = make_inputs(batch, self.rt, self.pre, self.tcfg.augment, g)
         out = self.model.forward_all(x)  # type: ignore[operator]
         y = batch.target.to(self.rt.device, non_blocking=True)

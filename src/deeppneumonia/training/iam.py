@@ -81,6 +81,7 @@ class RoundNetworks(nn.Module):
     started: Tensor
 
     def __init__(self, k: int, factory: Callable[[], nn.Module]) -> None:
+        """``k`` frozen networks made by ``factory`` and the ``started`` counter, in eval mode."""
         super().__init__()
         self.nets = nn.ModuleList(factory() for _ in range(k))
         for p in self.nets.parameters():
@@ -89,6 +90,7 @@ class RoundNetworks(nn.Module):
         super().train(False)
 
     def train(self, mode: bool = True) -> RoundNetworks:  # the loop calls train() on every module
+        """Stay in eval mode whatever ``mode`` asks (the frozen networks are never trained)."""
         return super().train(False)
 
     def snapshot(self, k: int, model: nn.Module) -> None:
@@ -98,6 +100,10 @@ class RoundNetworks(nn.Module):
 
 
 def check_schedule(ic: IAMConfig, epochs: int) -> None:
+    """Raise ConfigError unless the IAM settings are valid and ``epochs`` equals their schedule.
+
+    The schedule is ``warmup_epochs + iterations * epochs_per_iteration`` epochs (warm-up >= 1 unless ``init`` is set).
+    """
     expected = ic.warmup_epochs + ic.iterations * ic.epochs_per_iteration
     if ic.warmup_epochs < (0 if ic.init else 1) or ic.iterations < 0 or ic.epochs_per_iteration < 1:
         raise ConfigError("train.iam: warmup_epochs must be >= 1 (>= 0 with train.iam.init), epochs_per_iteration "
@@ -143,6 +149,11 @@ class IAMTask:
 
     def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit, rt: Runtime, classes: tuple[str, ...],
                  task: str, encoder: dict[str, Tensor] | None = None) -> None:
+        """Build the (MSA) ResNet classifier, the round networks and the classification loss.
+
+        Starts from ``encoder`` and/or ``train.iam.init`` when given. Raises ConfigError for a schedule that does
+        not match ``train.optim.epochs``, a non-ResNet architecture, or negative classes that cover every class.
+        """
         self.cfg, self.ic, self.train, self.val, self.rt = cfg, cfg.train.iam, train, val, rt
         self.pre = Preprocessing.from_config(cfg.data)
         check_schedule(self.ic, cfg.train.optim.epochs)
@@ -193,6 +204,7 @@ class IAMTask:
         return min(self.ic.iterations, (epoch - self.ic.warmup_epochs) // self.ic.epochs_per_iteration + 1)
 
     def modules(self) -> dict[str, nn.Module]:
+        """The trained classifier and the frozen round networks (both saved in ``last.pt``)."""
         return {"model": self.model, "iam_rounds": self.rounds}
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float | None:
@@ -200,9 +212,11 @@ class IAMTask:
         return iam_lr_factor(step, steps_per_epoch, self.ic, self.cfg.train.optim)
 
     def steps_per_epoch(self) -> int:
+        """Full batches per epoch (at least 1)."""
         return max(1, len(self.train) // self.batch_size)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """The epoch's shuffled, sharded batches; a mining round's first epoch (not a resumed one) snapshots the model."""
         self.round = self.round_of(epoch)
         if self.round > int(self.rounds.started):  # first epoch of a mining round (not a resumed one)
             self.rounds.snapshot(self.round, self.model)
@@ -213,6 +227,7 @@ class IAMTask:
 
     # --- one step -------------------------------------------------------------------------------------------
     def _target(self, batch: Batch) -> Tensor:
+        """The batch's targets on the device: (B, C) for multi-label, class indices (B,) otherwise."""
         t = batch.target.to(self.rt.device, non_blocking=True)
         return t if self.multilabel else t.argmax(1)
 
@@ -229,6 +244,11 @@ class IAMTask:
         return erased, union
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
+        """Losses of one batch: ``cls`` in round 0; in round k ``cls`` on the erased images plus ``kp``.
+
+        ``kp`` compares the model's logits on the original images with the frozen round k-1 network's;
+        ``loss = cls + kp_weight * kp``, and ``erased_area`` is the share of erased pixels.
+        """
         x, _ = make_inputs(batch, self.rt, self.pre, self.cfg.train.augment, g)
         target = self._target(batch)
         if self.round == 0:
@@ -246,6 +266,10 @@ class IAMTask:
 
     # --- validation and saving ------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
+        """Image and study metrics on the validation split, plus ``iam_round`` and ``iam_selection``.
+
+        ``iam_selection`` is the chosen metric in the last round and -1 before, so the best model comes from the last round.
+        """
         probs = predict_split(self.model, self.val, self.rt, self.pre, self.multilabel)
         out = image_and_study_metrics(probs, self.val.targets.numpy(), self.val_studies, self.multilabel)
         out["iam_round"] = float(self.round)

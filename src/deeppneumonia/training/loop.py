@@ -100,6 +100,7 @@ class _Step(nn.Module):
         self.task = task
 
     def forward(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
+        """The task's losses for one batch (run through DDP when distributed)."""
         return self.task.training_step(batch, g)
 
 
@@ -143,6 +144,7 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self) -> None:
+        """Fold the live weights into the averages after an optimizer step (integer buffers copied)."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
         torch._foreach_lerp_([self.ema[i] for i in self.floating], [self.live[i] for i in self.floating], 1.0 - d)
@@ -151,6 +153,7 @@ class WeightEMA:
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
+        """Context: the modules hold the averaged weights inside, their live weights again after."""
         with torch.no_grad():
             backup = [t.clone() for t in self.live]
             torch._foreach_copy_(self.live, self.ema)
@@ -161,9 +164,11 @@ class WeightEMA:
                 torch._foreach_copy_(self.live, backup)
 
     def state_dict(self) -> dict[str, Any]:
+        """The number of updates and the averaged tensors by ``module/key`` (saved in ``last.pt``)."""
         return {"updates": self.updates, "tensors": {f"{n}/{k}": t for (n, k), t in zip(self.names, self.ema, strict=True)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the averages and update count saved by :meth:`state_dict`."""
         self.updates = int(state["updates"])
         with torch.no_grad():
             for (n, k), t in zip(self.names, self.ema, strict=True):
@@ -203,6 +208,16 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
         progress: bool = True, checkpoint_minutes: float = 10.0, sync_bn: bool = True,
         compile: bool = False, ema_decay: float = 0.0) -> FitResult:
+    """Train ``task`` for ``cfg.epochs`` epochs in ``run_dir``, resuming from its ``last.pt`` when there is one.
+
+    After every epoch rank 0 validates (with the EMA weights when ``ema_decay > 0``), appends to
+    ``metrics.jsonl`` and TensorBoard, calls ``task.save_best`` when ``task.best_metric`` improves and writes
+    ``last.pt``; within an epoch ``last.pt`` is also written every ``checkpoint_minutes``. Under torchrun every
+    rank gets the same result.
+
+    Raises:
+        CheckpointError: ``last.pt`` does not fit this run's modules.
+    """
     main = distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     modules = task.modules()
@@ -218,6 +233,7 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
     task_factor = getattr(task, "lr_factor", None)  # optional per-task schedule (see Task); None: the default
 
     def factor(s: int) -> float:
+        """Learning-rate multiplier of step ``s``: the task's own schedule if it gives one, else the loop's."""
         f = task_factor(s, steps) if task_factor is not None else None
         if f is not None:
             return float(f)
@@ -260,6 +276,7 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
         _write_metrics(run_dir / "metrics.jsonl", history)
 
     def save(epoch_done: int, part: dict[str, Any] | None = None) -> None:
+        """Write ``last.pt`` (rank 0 only): modules, optimizer, scheduler, scaler, EMA, history, ``part`` of an epoch."""
         if not main:
             return
         save_state(last, {"modules": {k: m.state_dict() for k, m in modules.items()},
@@ -399,4 +416,5 @@ def logged_seconds(stage_dir: Path) -> float | None:
 
 
 def _batch_images(task: Task) -> int:
+    """Images one optimizer step sees (for images/s)."""
     return int(task.images_per_batch)

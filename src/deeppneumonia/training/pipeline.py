@@ -116,6 +116,7 @@ def check_training_data(manifest: Manifest, split: Split, where: str) -> None:
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
+    """``key: old -> new`` for each differing leaf of two nested config dicts, ignoring the volatile run keys."""
     out = []
     for k in sorted(set(a) | set(b)):
         key = (*prefix, k)
@@ -146,6 +147,10 @@ def open_run(cfg: Config) -> Path:
 
 
 def _check_or_write_config(cfg: Config, run_dir: Path) -> None:
+    """Write ``config.yaml`` into a new run folder, or check that the saved one matches ``cfg``.
+
+    Raises ConfigError when the saved config is unreadable, not a mapping, or differs (volatile run keys aside).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as YAML reads them back
@@ -216,6 +221,7 @@ def extra_pretrain_data(cfg: Config, data: PreparedData) -> list[CachedSplit]:
 
 
 def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
+    """Stage I (SimCLR) on the training split and any ``pretrain.extra_data``; returns the loop's result."""
     run_dir = open_run(cfg)
     seed_everything(cfg.run.seed)
     data = data or prepare_data(cfg, cfg.run.progress)
@@ -291,6 +297,11 @@ def store_thresholds(cfg: Config, data: PreparedData, rt: Runtime, path: Path) -
 
 def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
                   result: FitResult | None = None) -> dict[str, Any]:
+    """Metrics of the best model on the test patients, written to ``test_metrics.json`` and returned.
+
+    Image and study metrics (with ``test_predictions.npz``) when the test part has images, plus the best epoch
+    and the training minutes (from ``metrics.jsonl``, else from ``result``).
+    """
     model, meta, _ = load_model(run_dir / "train" / "model.safetensors", rt)
     multilabel = meta["task"] == "multilabel"
     out: dict[str, Any] = {"images": len(data.test), "patients": len({data.manifest.records[int(i)].patient_id
@@ -325,6 +336,7 @@ def save_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, records
 
 
 def write_split(data: PreparedData, run_dir: Path) -> None:
+    """Write ``split.json``: the image ids of each part (rank 0 only)."""
     if not distributed.is_main():
         return
     write_json(run_dir / "split.json", {k: [data.manifest.records[int(i)].image_id for i in v]

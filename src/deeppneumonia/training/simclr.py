@@ -45,6 +45,10 @@ class SimCLRTask:
 
     def __init__(self, cfg: Config, train: CachedSplit, val: CachedSplit | None, rt: Runtime,
                  multiclass: bool, arch: str = "resnet18", extra: list[CachedSplit] | None = None) -> None:
+        """Encoder (ResNet without ``fc``), projector and InfoNCE loss; pools ``extra`` with the training split.
+
+        Raises ConfigError for ``pretrain.select=knn`` without a kNN probe, ValueError for fewer than 2 images.
+        """
         self.cfg, self.train, self.val, self.rt = cfg, train, val, rt
         self.pre = Preprocessing.from_config(cfg.data)
         # the images Stage I trains on: the training split, plus unlabelled images of other data sets
@@ -70,27 +74,36 @@ class SimCLRTask:
         self.ddp_find_unused = False
 
     def modules(self) -> dict[str, nn.Module]:
+        """The encoder and the projection head."""
         return {"encoder": self.encoder, "projector": self.projector}
 
     def steps_per_epoch(self) -> int:
+        """Full batches per epoch of the image pool."""
         return len(self.pool) // self.batch_size
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """The epoch's shuffled, sharded batches of the image pool."""
         self.epoch = epoch
         return self.pool.iterate(self.batch_size, shuffle=True, seed=self.cfg.run.seed * 7919 + epoch,
                                   drop_last=True, shard=True)
 
     def _views(self, batch: Batch, g: torch.Generator) -> Tensor:
+        """Two independently augmented views of the batch, concatenated: (2B, 1, S, S)."""
         x1, _ = make_inputs(batch, self.rt, self.pre, self.pcfg.augment, g)
         x2, _ = make_inputs(batch, self.rt, self.pre, self.pcfg.augment, g)
         return torch.cat([x1, x2])
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Projections (z1, z2) of the two halves of ``x`` (encoder, pooling, projector)."""
         h = self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
         z = self.projector(h)
         return z.chunk(2)  # type: ignore[return-value]
 
     def training_step(self, batch: Batch, g: torch.Generator) -> dict[str, Tensor]:
+        """InfoNCE loss (Eq. 1) and contrastive accuracy of one batch.
+
+        Under torchrun the projections of every rank are gathered with gradients and this rank's rows are the anchors.
+        """
         z1, z2 = self._project(self._views(batch, g))
         if not distributed.is_distributed():
             return {"loss": self.loss(z1, z2), "contrastive_accuracy": contrastive_accuracy(z1, z2)}
@@ -103,6 +116,10 @@ class SimCLRTask:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Contrastive loss and accuracy on fixed views of the validation split (training split if under 2 images).
+
+        Also ``neg_contrastive_loss``, ``last_epoch`` (for ``pretrain.select``) and, with the probe, ``knn_accuracy``.
+        """
         out: dict[str, float] = {}
         split = self.val if self.val is not None and len(self.val) >= 2 else self.train
         g = torch.Generator().manual_seed(12345)  # the same views every epoch
@@ -125,6 +142,7 @@ class SimCLRTask:
         return out
 
     def save_best(self, run_dir: Path, record: dict[str, Any]) -> None:
+        """Write ``encoder.safetensors`` with its architecture, preprocessing, epoch and config."""
         d = self.cfg.data
         save_weights(run_dir / "encoder.safetensors", encoder_state(self.encoder),  # type: ignore[arg-type]
                      {"kind": "encoder", "arch": self.arch, "in_chans": 1, "size": d.size, "resize": d.resize,

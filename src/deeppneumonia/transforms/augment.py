@@ -27,6 +27,7 @@ from deeppneumonia.transforms.filters import gaussian_blur
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
+    """``n`` draws from U(lo, hi) with generator ``g`` (on the CPU)."""
     return torch.rand(n, generator=g) * (hi - lo) + lo
 
 
