@@ -198,8 +198,12 @@ class TrainConfig:
     can: CANConfig = CANConfig()
     # validation metric that picks the best checkpoint (higher is better): study_map = mAP of the per-study mean
     # probabilities, the headline of the tables (image-level "map" where the validation split has no study level);
-    # multi-label tasks always use auroc_macro
+    # multi-label tasks always use auroc_macro; "last" keeps the last epoch (no selection)
     best_metric: str = "study_map"
+    # Final fit (issue 17): once a schedule is fixed on the validation split, train on train + validation patients
+    # for the same epochs and keep the last epoch (best_metric is then "last"); the validation scores in the log are
+    # on training images, and the thresholds are chosen on them too. The test part stays untouched.
+    final_fit: bool = False
     keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
     threshold_method: Literal["youden", "sensitivity"] = "youden"  # per-class operating points on validation
     target_sensitivity: float = 0.9  # for threshold_method=sensitivity

@@ -110,3 +110,23 @@ def test_non_finite_loss_stops_the_run_before_it_is_saved(tmp_path: Path, lesion
         run_train(tiny_config(tmp_path, lesion_data, "train.pretrained=false", "run.checkpoint_minutes=0"))
     state = load_state(tmp_path / "run" / "train" / "last.pt")  # saved after step 1, never after the bad step
     assert state["partial"]["step"] == 1
+
+
+def test_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(tmp_path: Path, lesion_data: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    original = SupervisedTask.__init__
+
+    def spy(self: SupervisedTask, cfg, train, *args, **kw):  # type: ignore[no-untyped-def]
+        seen.append(len(train))
+        original(self, cfg, train, *args, **kw)
+
+    monkeypatch.setattr(SupervisedTask, "__init__", spy)
+    over = ["train.pretrained=false", "train.optim.epochs=3", "train.final_fit=true"]
+    metrics = run_train(tiny_config(tmp_path, lesion_data, *over))
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert seen == [len(split["train"]) + len(split["val"])]  # the validation patients join training
+    _, meta = load_weights(tmp_path / "run" / "train" / "model.safetensors")
+    assert meta["epoch"] == 3  # no selection on images it trained on: the last epoch
+    assert "accuracy" in metrics  # the test part, untouched, is still scored
+    assert "best_metric: last" in (tmp_path / "run" / "config.yaml").read_text()

@@ -41,7 +41,7 @@ class Task(Protocol):
     """What the loop needs of a training method (``training/tasks.py`` lists the methods)."""
 
     name: str  # the stage folder's role in logs ("pretrain", "train")
-    best_metric: str  # a key of validate()'s result; higher is better
+    best_metric: str  # a key of validate()'s result, higher is better; "last" keeps the last epoch
     images_per_batch: int  # images one optimizer step sees (for images/s)
     ddp_find_unused: bool  # some parameters get no gradient in some steps (DDP must look for them)
 
@@ -371,7 +371,7 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
             for k, v in record.items():
                 if isinstance(v, int | float) and k != "epoch" and writer is not None:
                     writer.add_scalar(k, v, epoch + 1)
-            score = val.get(task.best_metric, -math.inf)
+            score = float(epoch + 1) if task.best_metric == "last" else val.get(task.best_metric, -math.inf)
             improved = score > best or best_epoch < 0
             if improved:
                 best, best_epoch = score, epoch + 1

@@ -12,6 +12,7 @@ Run folder layout (``run.out_dir``)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -238,6 +239,9 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
 
 def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
     """Stage II, then the best model on the test patients. Returns the test metrics."""
+    if cfg.train.final_fit and cfg.train.best_metric != "last":  # validation images are training images now
+        log.info("train.final_fit: train.best_metric %s -> last", cfg.train.best_metric)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, best_metric="last"))
     run_dir = open_run(cfg)
     seed_everything(cfg.run.seed + 1)
     data = data or prepare_data(cfg, cfg.run.progress)
@@ -252,6 +256,8 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
         encoder, meta = load_weights(path)
         if meta.get("size") != cfg.data.size:
             log.warning("encoder was pre-trained at %s px, training at %s px", meta.get("size"), cfg.data.size)
+    if cfg.train.final_fit:
+        data = final_fit_data(data)
     place_data(cfg, data, rt)
     task = build_task(cfg, data, rt, encoder)
     result = fit(task, cfg.train.optim, run_dir / "train", rt, cfg.run.seed, cfg.run.progress,
@@ -261,6 +267,17 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
         store_thresholds(cfg, data, rt, run_dir / "train" / "model.safetensors")
         out = evaluate_test(cfg, data, rt, run_dir, result)
     return distributed.broadcast_object(out)  # type: ignore[return-value]
+
+
+def final_fit_data(data: PreparedData) -> PreparedData:
+    """``data`` whose training part is the training and validation patients together (``train.final_fit``).
+
+    Validation still runs on the validation patients (now training images: its scores are not estimates), the
+    test part is unchanged."""
+    both = np.sort(np.concatenate([data.split.train, data.split.val]))
+    log.info("final fit: training on %d images (train %d + validation %d); the last epoch is kept", len(both),
+             len(data.split.train), len(data.split.val))
+    return dataclasses.replace(data, train=CachedSplit(data.cache, both))
 
 
 def build_task(cfg: Config, data: PreparedData, rt: Runtime, encoder: dict[str, torch.Tensor] | None) -> Task:

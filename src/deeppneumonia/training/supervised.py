@@ -99,8 +99,11 @@ def study_ids(split: CachedSplit) -> list[str] | None:
 
 
 def resolve_best_metric(name: str, multilabel: bool, has_studies: bool) -> str:
-    """``train.best_metric`` as validation can compute it: ``auroc_macro`` for multi-label data, and the
-    image-level metric when a ``study_`` one is asked for but the validation split has no study level."""
+    """``train.best_metric`` as validation can compute it: ``last`` as is (the loop keeps the last epoch),
+    ``auroc_macro`` for multi-label data, and the image-level metric when a ``study_`` one is asked for but the
+    validation split has no study level."""
+    if name == "last":
+        return name
     if multilabel:
         return "auroc_macro"
     if name.startswith("study_") and not has_studies:
