@@ -46,6 +46,13 @@ def test_localize_trains_iam_from_the_baseline_and_scores_every_row(tmp_path: Pa
     # header + 9 rows; header + 10 paired comparisons (4 IAM, 6 learned rows - centre prior); header + 2 models
     assert table.count("\n| ") == (1 + 9) + (1 + 10) + (1 + 2)
     assert "Paired differences" in table and "T(IoU)=0.7" in table and "| grid |" in table and "Box occlusion" in table
+    # without the IAM models and with both models loaded nothing is trained: Grad-CAM rows, references, occlusion
+    lean = run_localization("quick", overrides, tmp_path / "lean", baseline=model, guided=model, iam=False)
+    assert [(r["model"], r["maps"]) for r in lean["rows"]] == [
+        ("Centre prior (no model)", "Gaussian"), ("Oracle 1x1 (boxes)", "pooled box mask"), ("ResNet18", "Grad-CAM"),
+        ("Deep Pneumonia (guided)", "Grad-CAM")]
+    assert not any((tmp_path / "lean" / name).exists() for name in ("iam", "iam_msa", "resnet18", "deep_pneumonia"))
+    assert set(lean["occlusion"]) == set(occ)
     other = tmp_path / "other" / "run" / "train"
     other.mkdir(parents=True)
     (tmp_path / "other" / "run" / "split.json").write_text('{"test": ["nope"]}')

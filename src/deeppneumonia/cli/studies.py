@@ -67,7 +67,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if args.references_only:
         summary = reference_study(args.config, _study_overrides(args), out)
         return _publish(out, "references.md", localization_markdown(summary, command_line()))
-    summary = run_localization(args.config, _study_overrides(args), out, args.baseline, args.guided)
+    summary = run_localization(args.config, _study_overrides(args), out, args.baseline, args.guided,
+                               iam=not args.no_iam)
     return _publish(out, "localization.md", localization_markdown(summary, command_line()))
 
 
@@ -109,6 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "(Table I row 1) instead of training one")
     p.add_argument("--guided", type=Path, default=None, help="a Deep Pneumonia model.safetensors of the same split "
                    "(Table I row 5) instead of training one")
+    p.add_argument("--no-iam", action="store_true", help="leave out the two IAM models (with --baseline and --guided "
+                   "nothing is trained: Grad-CAM and MGACR map+ against the references, and the occlusion test)")
     p.add_argument("--references-only", action="store_true", help="only the rows no model needs: the centre prior "
                    "and the box oracles at each grid (references.md)")
     p.set_defaults(func=cmd_localize)

@@ -196,10 +196,12 @@ def classification_on_test(pred: Predictor, data: PreparedData) -> dict[str, flo
 
 
 def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline: Path | None = None,
-                     guided: Path | None = None, occlusion_fill: str = "mean", road_images: int = 64) -> dict[str, Any]:
+                     guided: Path | None = None, occlusion_fill: str = "mean", road_images: int = 64,
+                     iam: bool = True) -> dict[str, Any]:
     """Train (or load) the four models, score their heatmaps against the centre-prior and oracle rows, run the
     occlusion test on ResNet18 and Deep Pneumonia (``occlusion_fill``: mean, blur or none), write
-    ``localization.json``; returns the summary."""
+    ``localization.json``; returns the summary. ``iam=False`` leaves out models 2 and 3 (the IAM rows): with
+    ``baseline`` and ``guided`` given, nothing is trained."""
     out_dir.mkdir(parents=True, exist_ok=True)
     base = load_config(preset, [*overrides, f"run.out_dir={out_dir}"])
     data = prepare_data(base, base.run.progress)
@@ -227,8 +229,9 @@ def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline:
         models["resnet18"] = baseline
     else:
         models["resnet18"] = train("resnet18", _PLAIN)
-    models["iam"] = train("iam", _iam_overrides(base, False, models["resnet18"].resolve()))
-    models["iam_msa"] = train("iam_msa", _iam_overrides(base, True, models["resnet18"].resolve()))
+    if iam:
+        models["iam"] = train("iam", _iam_overrides(base, False, models["resnet18"].resolve()))
+        models["iam_msa"] = train("iam_msa", _iam_overrides(base, True, models["resnet18"].resolve()))
     if guided is not None:
         _check_split(guided, data)
         models["deep_pneumonia"] = guided
@@ -245,6 +248,7 @@ def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline:
         ("resnet18", "ResNet18", "Grad-CAM", "layer4"), ("iam", "IAM (no MSA)", "round-0 CAM", "layer4"),
         ("iam", "IAM (no MSA)", "IAM", "layer4"), ("iam_msa", "IAM + MSA", "round-0 CAM", "msa"),
         ("iam_msa", "IAM + MSA", "IAM", "msa"), ("deep_pneumonia", "Deep Pneumonia (guided)", "Grad-CAM", "layer4")]
+    learned = [row for row in learned if row[0] in models]
     heads = load_mgacr_heads(models["deep_pneumonia"], base.run.device)
     if heads is not None:  # MGACR's own maps, from the heads kept for analysis
         learned += [("deep_pneumonia", "Deep Pneumonia (guided)", f"map+ layer{layer}", f"map+ layer{layer}")
