@@ -201,8 +201,8 @@ class TrainConfig:
     # multi-label tasks always use auroc_macro; "last" keeps the last epoch (no selection)
     best_metric: str = "study_map"
     # Final fit (issue 17): once a schedule is fixed on the validation split, train on train + validation patients
-    # for the same epochs and keep the last epoch (best_metric is then "last"); the validation scores in the log are
-    # on training images, and the thresholds are chosen on them too. The test part stays untouched.
+    # for the same epochs and keep the last epoch (every task selects by "last", whatever best_metric says); the
+    # validation scores in the log are on training images, the thresholds are chosen on them too. Test untouched.
     final_fit: bool = False
     keep_attention_heads: bool = False  # also save MGACR heads (for analysis only; never for inference)
     threshold_method: Literal["youden", "sensitivity"] = "youden"  # per-class operating points on validation

@@ -189,3 +189,20 @@ def test_a_corrupt_run_config_and_a_misfit_encoder_are_one_line_errors(tmp_path:
         open_run(cfg)
     with pytest.raises(ConfigError, match="does not fit"):
         load_encoder_checked(build_classifier(2, "resnet18"), encoder_state(build_classifier(2, "resnet50")))
+
+
+def test_probe_refuses_what_it_cannot_do(tmp_path: Path, lesion_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deeppneumonia.cli import main
+
+    cfg = tiny_config(tmp_path, lesion_data, "pretrain.optim.epochs=1")
+    run_pretrain(cfg)
+    enc = str(tmp_path / "run" / "pretrain" / "encoder.safetensors")
+    args = ["-q", "probe", "--encoder", enc, "--data", str(lesion_data), "--cache-dir", str(tmp_path / "cache"),
+            "--device", "cpu"]
+    assert main([*args, "--n-boot", "0"]) == 2
+    assert "--n-boot must be >= 1" in capsys.readouterr().err
+    split_file = tmp_path / "run" / "split.json"
+    parts = json.loads(split_file.read_text())
+    split_file.write_text(json.dumps({**parts, "val": []}))  # a run without validation patients: no silent fallback
+    assert main([*args, "--n-boot", "50"]) == 2
+    assert "no val images to probe on" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from torchvision.models import resnet18
 from deeppneumonia.errors import DeepPneumoniaError
 from deeppneumonia.models.checkpoint import load_state, load_weights
 from deeppneumonia.training.loop import WeightEMA, onecycle_factor
-from deeppneumonia.training.pipeline import run_train
+from deeppneumonia.training.pipeline import run_pretrain, run_train
 from deeppneumonia.training.supervised import SupervisedTask
 from tests.conftest import make_lesion_csv
 from tests.training.test_pipeline import interrupt_training, tiny_config
@@ -122,11 +122,21 @@ def test_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(tmp_path: Pa
         original(self, cfg, train, *args, **kw)
 
     monkeypatch.setattr(SupervisedTask, "__init__", spy)
-    over = ["train.pretrained=false", "train.optim.epochs=3", "train.final_fit=true"]
-    metrics = run_train(tiny_config(tmp_path, lesion_data, *over))
+    cfg = tiny_config(tmp_path, lesion_data, "train.optim.epochs=3", "train.final_fit=true")
+    run_pretrain(cfg)  # Stage I then Stage II in one run folder, as `deeppneumonia run` does
+    metrics = run_train(cfg)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert seen == [len(split["train"]) + len(split["val"])]  # the validation patients join training
+    assert split["final_fit"] is True  # so `evaluate --split val` can say these images are not held out
     _, meta = load_weights(tmp_path / "run" / "train" / "model.safetensors")
     assert meta["epoch"] == 3  # no selection on images it trained on: the last epoch
     assert "accuracy" in metrics  # the test part, untouched, is still scored
-    assert "best_metric: last" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_iam_with_final_fit_keeps_the_last_epoch_of_the_last_round(tmp_path: Path, lesion_data: Path) -> None:
+    cfg = tiny_config(tmp_path, lesion_data, "train.pretrained=false", "train.method=iam", "train.optim.epochs=3",
+                      "train.iam.warmup_epochs=1", "train.iam.iterations=1", "train.iam.epochs_per_iteration=2",
+                      "train.final_fit=true")
+    run_train(cfg)
+    _, meta = load_weights(tmp_path / "run" / "train" / "model.safetensors")
+    assert meta["epoch"] == 3 and meta["iam_round"] == 1

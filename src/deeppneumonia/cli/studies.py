@@ -65,6 +65,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.references_only:
+        if args.baseline or args.guided or args.no_iam:
+            raise ConfigError("--references-only reads no model: drop --baseline, --guided and --no-iam")
         summary = reference_study(args.config, _study_overrides(args), out)
         return _publish(out, "references.md", localization_markdown(summary, command_line()))
     summary = run_localization(args.config, _study_overrides(args), out, args.baseline, args.guided,

@@ -1,12 +1,13 @@
 """Judge a Stage I encoder alone: kNN and linear-probe accuracy of its pooled features on a labelled split.
 
 ``deeppneumonia probe --encoder RUN/pretrain/encoder.safetensors --data PATH`` embeds the run's train
-patients and its validation patients (``--on val``, the default: a probe is a model choice, so it never looks at
-the test part) or test patients (``--on test``), from the split.json of the encoder's run (without one: a fresh
-70/30 patient split), and reports the weighted kNN accuracy (Wu et al. 2018, k = 20, T = 0.07) and a
-multinomial logistic-regression probe (scikit-learn, standardised features) fitted on train; and the same for a
-randomly initialised encoder, with the paired difference (pre-trained minus random, same images) and its 95 %
-patient-bootstrap interval, so one sees what pre-training added and whether it is more than sampling noise.
+patients and its validation patients (``--on val``, the default: a probe informs model choices, so it does not
+look at the test part unless asked) or test patients (``--on test``), from the split.json of the encoder's run
+(without one: a fresh 70/30 patient split), and reports the weighted kNN accuracy (Wu et al. 2018, k = 20,
+T = 0.07) and a multinomial logistic-regression probe (scikit-learn, standardised features) fitted on train; and
+the same for a randomly initialised encoder, with the paired difference (pre-trained minus random, same images)
+and its 95 % patient-bootstrap interval. That interval carries the sampling of the scored patients only, not the
+randomness of the one random initialisation or of the Stage I run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from deeppneumonia.data.batches import CachedSplit
 from deeppneumonia.data.cache import build_cache
 from deeppneumonia.data.sources import load_source
 from deeppneumonia.data.splits import patient_split
-from deeppneumonia.errors import CheckpointError
+from deeppneumonia.errors import CheckpointError, ConfigError, DataError
 from deeppneumonia.evaluation.bootstrap import paired_seed_bootstrap
 from deeppneumonia.models.checkpoint import load_weights
 from deeppneumonia.models.factory import build_classifier, load_encoder
@@ -94,7 +95,9 @@ def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "aut
     "difference": {"knn_accuracy": (diff, lo, hi), ...}}`` (difference = pre-trained minus random).
     """
     if on not in ("val", "test"):
-        raise ValueError(f"on must be 'val' or 'test', got {on!r}")
+        raise ConfigError(f"probe: on must be 'val' or 'test', got {on!r}")
+    if n_boot < 1:
+        raise ConfigError(f"probe: --n-boot must be >= 1, got {n_boot}")
     state, meta = load_weights(encoder_path)
     if meta.get("kind") != "encoder":
         raise CheckpointError(f"{encoder_path}: holds a {meta.get('kind')!r}, not a Stage I encoder")
@@ -106,9 +109,9 @@ def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "aut
         parts = json.loads(split_file.read_text())
         where = {i: k for k, v in enumerate(ids) for i in [v]}
         train_idx = np.asarray([where[i] for i in parts["train"]])
-        scored = parts[on] or parts["val" if on == "test" else "test"]
-        on = on if parts[on] else ("val" if on == "test" else "test")
-        test_idx = np.asarray([where[i] for i in scored])
+        if not parts.get(on):
+            raise DataError(f"{split_file}: the run has no {on} images to probe on")
+        test_idx = np.asarray([where[i] for i in parts[on]])
     else:
         sp = patient_split(manifest, 0.0, 0.3, seed)
         train_idx, test_idx, on = sp.train, sp.test, "held-out 30 % of patients"
@@ -133,7 +136,7 @@ def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "aut
                      "linear_accuracy": float((preds["linear"] == vy.numpy()).mean()),
                      "linear_balanced_accuracy": float(balanced_accuracy_score(vy.numpy(), preds["linear"]))}
     target = np.eye(c)[vy.numpy()]
-    patients = [manifest.records[int(i)].patient_id for i in np.sort(test_idx)]
+    patients = [manifest.records[int(i)].patient_id for i in test.indices]  # the images that decoded, in order
     out["difference"] = {}
     for probe in ("knn", "linear"):
         diff = paired_seed_bootstrap([onehot["pretrained"][probe]], [onehot["random_init"][probe]], target, patients,

@@ -61,6 +61,10 @@ def select_split(checkpoint: Path, image_ids: list[str], split: str) -> tuple[np
         return all_idx, "all"
     if idx.size == 0:
         raise DataError(f"none of the {part} images of {split_file} are in this data set")
+    if part == "val" and parts.get("final_fit"):
+        log.warning("%s: this run trained on its validation images too (train.final_fit): their scores are not "
+                    "held-out estimates", split_file)
+        return idx, "val (trained on: final fit)"
     return idx, part
 
 

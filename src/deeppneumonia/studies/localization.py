@@ -171,7 +171,7 @@ def row_grids(cfg: Config) -> dict[str, tuple[int, int]]:
 def reference_rows(data: PreparedData, classes: Sequence[str], multilabel: bool,
                    grids: list[tuple[int, int]]) -> list[dict[str, Any]]:
     """Centre-prior and oracle rows on the scored items (no model): what a fixed guess gets, and the ceiling
-    of each grid (:func:`deeppneumonia.evaluation.localization.reference_scores`)."""
+    of each grid (:func:`deeppneumonia.evaluation.references.reference_scores`)."""
     items = boxed_items(data, classes, multilabel)
     size = data.cache.size
     refs = reference_scores([b for _, _, b, _ in items], (size, size), grids)
@@ -304,6 +304,8 @@ def reference_study(preset: str, overrides: list[str], out_dir: Path) -> dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
     base = load_config(preset, [*overrides, f"run.out_dir={out_dir}"])
     data = prepare_data(base, base.run.progress)
+    if not any(data.cache.boxes(int(i)) for i in data.test.indices):
+        raise DataError(f"{base.data.path}: no boxed test images, nothing to localize")
     grids = row_grids(base)
     multilabel = data.manifest.task == "multilabel"
     rows = reference_rows(data, tuple(data.manifest.classes), multilabel, sorted(set(grids.values()), reverse=True))

@@ -179,8 +179,10 @@ class IAMTask:
         # an MSA network that does not aggregate layer4 leaves it without gradient: DDP must look for unused ones
         self.ddp_find_unused = self.ic.msa and 4 not in self.ic.msa_layers
         self.val_studies = study_ids(val)
-        self.metric = resolve_best_metric(cfg.train.best_metric, self.multilabel, self.val_studies is not None)
-        self.best_metric = "iam_selection"  # = self.metric in the last round, -1 before (see validate)
+        self.metric = resolve_best_metric("last" if cfg.train.final_fit else cfg.train.best_metric, self.multilabel,
+                                          self.val_studies is not None)
+        # iam_selection = self.metric in the last round, -1 before (see validate); "last": the loop keeps the last epoch
+        self.best_metric = "last" if self.metric == "last" else "iam_selection"
         self.round = 0
         if not any(c.lower() not in {m.lower() for m in self.ic.negative_classes} for c in classes):
             raise ConfigError(f"train.iam.negative_classes {self.ic.negative_classes} covers every class {classes}")

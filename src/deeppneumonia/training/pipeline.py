@@ -239,13 +239,10 @@ def run_pretrain(cfg: Config, data: PreparedData | None = None) -> FitResult:
 
 def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
     """Stage II, then the best model on the test patients. Returns the test metrics."""
-    if cfg.train.final_fit and cfg.train.best_metric != "last":  # validation images are training images now
-        log.info("train.final_fit: train.best_metric %s -> last", cfg.train.best_metric)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, best_metric="last"))
     run_dir = open_run(cfg)
     seed_everything(cfg.run.seed + 1)
     data = data or prepare_data(cfg, cfg.run.progress)
-    write_split(data, run_dir)
+    write_split(data, run_dir, trained_on_val=cfg.train.final_fit)
     rt = runtime_for(cfg)
     encoder = None
     if cfg.train.pretrained:
@@ -270,7 +267,8 @@ def run_train(cfg: Config, data: PreparedData | None = None) -> dict[str, Any]:
 
 
 def final_fit_data(data: PreparedData) -> PreparedData:
-    """``data`` whose training part is the training and validation patients together (``train.final_fit``).
+    """``data`` whose training part is the training and validation patients together (``train.final_fit``, which
+    also makes every task keep the last epoch: ``best_metric`` "last").
 
     Validation still runs on the validation patients (now training images: its scores are not estimates), the
     test part is unchanged."""
@@ -352,9 +350,13 @@ def save_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, records
     os.replace(tmp, path)
 
 
-def write_split(data: PreparedData, run_dir: Path) -> None:
-    """Write ``split.json``: the image ids of each part (rank 0 only)."""
+def write_split(data: PreparedData, run_dir: Path, trained_on_val: bool = False) -> None:
+    """Write ``split.json``: the image ids of each part (rank 0 only); ``"final_fit": true`` when Stage II also
+    trained on the validation part (``train.final_fit``), so ``evaluate --split val`` can say it is not held out."""
     if not distributed.is_main():
         return
-    write_json(run_dir / "split.json", {k: [data.manifest.records[int(i)].image_id for i in v]
-                                        for k, v in data.split.parts().items()})
+    parts: dict[str, Any] = {k: [data.manifest.records[int(i)].image_id for i in v]
+                             for k, v in data.split.parts().items()}
+    if trained_on_val:
+        parts["final_fit"] = True
+    write_json(run_dir / "split.json", parts)

@@ -165,7 +165,7 @@ class SupervisedTask:
         self.images_per_batch = self.batch_size
         self.epoch_step = 0  # index in its epoch of the batch being trained on (for the gradient-norm steps)
         self.val_studies = study_ids(val)
-        self.best_metric = self._resolve_best_metric(self.tcfg.best_metric)
+        self.best_metric = self._resolve_best_metric("last" if self.tcfg.final_fit else self.tcfg.best_metric)
 
     # --- construction helpers -----------------------------------------------------------------------------
     def _resolve_box_policy(self) -> None:
