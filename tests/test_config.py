@@ -53,6 +53,8 @@ def test_method_settings_and_their_defaults() -> None:
     assert load_config("paper").train.mgacr.form == "paper"
     c128 = load_config("siim-128-cpu")
     assert c128.data.size == 128 and c128.train.mgacr.layers == (2, 3) and c128.train.mgacr.form == "robust"
+    k128 = load_config("kermany-128-cpu")  # Kermany has one image per study: selection by the image mAP
+    assert k128.data.size == 128 and k128.train.best_metric == "map" and k128.pretrain.select == "last"
     over = load_config(None, ["train.mgacr.form=paper", "train.mgacr.head=conv1x1", "train.mgacr.no_box=zero_mask",
                               "train.mgacr.negative_class=Normal", "pretrain.select=val_loss",
                               "pretrain.augment.blur_sigma=[0.1, 1.5]"])
