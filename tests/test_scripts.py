@@ -22,3 +22,29 @@ def test_loss_balance_table_from_a_metrics_log(tmp_path: Path) -> None:
     assert "inside layer2" in out[0] and "inside layer3" in out[0]
     assert out[2].startswith("| 1 | 2.000 | 1.000 | 0.500 | 0.50 | 0.25 | 0.400 | 0.500 | 0.300 | 0.410 |")
     assert out[3].startswith("| 2 | 1.000 | 2.000 | 0.500 | 2.00 | 0.50 | – | – | – | – |")
+
+
+def _predictions(path: Path, shift: float, seed: int) -> Path:
+    """A test_predictions.npz: 40 images of 20 patients (2 studies each of 1 image), 3 classes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    targets = np.eye(3)[np.arange(40) % 3]
+    probs = np.clip(targets * shift + rng.random((40, 3)), 1e-3, None)
+    np.savez(path, probs=probs / probs.sum(1, keepdims=True), targets=targets,
+             image_id=np.array([f"i{k}" for k in range(40)]), study_id=np.array([f"s{k}" for k in range(40)]),
+             patient_id=np.array([f"p{k // 2}" for k in range(40)]))
+    return path
+
+
+def test_paired_runs_prints_the_paired_differences(tmp_path: Path) -> None:
+    good = [_predictions(tmp_path / f"good{s}.npz", 2.0, s) for s in (0, 1)]
+    poor = [_predictions(tmp_path / f"poor{s}.npz", 0.0, s + 10) for s in (0, 1)]
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "paired_runs.py"), "--a", *map(str, good), "--b",
+                          *map(str, poor), "--n-boot", "200"], check=True, capture_output=True, text=True).stdout
+    assert "over 2 paired run(s); 95 % bootstrap over seeds and test patients" in out
+    delta = float(out.split("Δ study_map: ")[1].split()[0])
+    assert delta > 0.2  # the informative probabilities beat the noise ones
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "paired_runs.py"), "--a", str(good[0]), "--b",
+                          *map(str, poor)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "same number of runs" in bad.stderr

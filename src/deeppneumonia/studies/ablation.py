@@ -144,14 +144,17 @@ def paired_interval(diffs: list[float]) -> tuple[float, float, float] | None:
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def _load_predictions(path: Path) -> dict[str, np.ndarray]:
+def load_predictions(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a run's ``test_predictions.npz`` (probs, targets, image/study/patient ids), no pickle."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
-def _bootstrap_deltas(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]],
+def bootstrap_deltas(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]],
                       n_boot: int) -> dict[str, tuple[float, float, float]] | None:
-    """Seed-and-patient bootstrap of Δ study_map, Δ macro_f1, Δ auroc_macro (None if the runs' test parts differ)."""
+    """Seed-and-patient bootstrap of Δ study_map, Δ macro_f1, Δ auroc_macro of runs ``a`` minus runs ``b`` (paired
+    by position: same seed), ``(mean, lo, hi)`` each; None if the runs' test parts differ. With one pair the
+    interval carries the test patients' sampling only."""
     from deeppneumonia.evaluation.bootstrap import paired_seed_bootstrap
     from deeppneumonia.evaluation.metrics import aggregate_by_group, scalar_metrics
 
@@ -192,8 +195,8 @@ def paired_differences(results: dict[str, list[dict[str, Any]]], predictions: di
         have = seeds and all((name, s) in predictions and (ref_name, s) in predictions for s in seeds)
         boot = None
         if have and len(seeds) >= 2:
-            boot = _bootstrap_deltas([_load_predictions(predictions[(name, s)]) for s in seeds],
-                                     [_load_predictions(predictions[(ref_name, s)]) for s in seeds], n_boot)
+            boot = bootstrap_deltas([load_predictions(predictions[(name, s)]) for s in seeds],
+                                     [load_predictions(predictions[(ref_name, s)]) for s in seeds], n_boot)
         if boot is not None:
             entry.update(boot)
             entry["ci"] = "bootstrap over seeds and test patients"
