@@ -53,6 +53,14 @@ def test_localize_trains_iam_from_the_baseline_and_scores_every_row(tmp_path: Pa
         ("Deep Pneumonia (guided)", "Grad-CAM")]
     assert not any((tmp_path / "lean" / name).exists() for name in ("iam", "iam_msa", "resnet18", "deep_pneumonia"))
     assert set(lean["occlusion"]) == set(occ)
+    # a guided model trained with its MGACR heads kept: map+ of each guided layer is scored too
+    run_train(load_config("quick", [*overrides, f"run.out_dir={tmp_path / 'guided'}", "train.pretrained=false",
+                                    "train.mgacr.attention=true", "train.mgacr.layers=[3]",
+                                    "train.keep_attention_heads=true"]))
+    guided = tmp_path / "guided" / "train" / "model.safetensors"
+    with_heads = run_localization("quick", overrides, tmp_path / "heads", baseline=model, guided=guided, iam=False,
+                                  occlusion_fill="none")
+    assert ("Deep Pneumonia (guided)", "map+ layer3") in [(r["model"], r["maps"]) for r in with_heads["rows"]]
     other = tmp_path / "other" / "run" / "train"
     other.mkdir(parents=True)
     (tmp_path / "other" / "run" / "split.json").write_text('{"test": ["nope"]}')

@@ -61,6 +61,7 @@ from deeppneumonia.evaluation.occlusion import occlusion_report, paired_model_di
 from deeppneumonia.evaluation.references import centre_prior_map, feature_grid, grid_label, reference_scores
 from deeppneumonia.inference.explain import gradcam
 from deeppneumonia.inference.predictor import Predictor
+from deeppneumonia.runtime.device import resolve_runtime
 from deeppneumonia.studies.ablation import TABLE1
 from deeppneumonia.studies.common import hardware
 from deeppneumonia.training.loop import logged_seconds
@@ -249,7 +250,7 @@ def run_localization(preset: str, overrides: list[str], out_dir: Path, baseline:
         ("iam", "IAM (no MSA)", "IAM", "layer4"), ("iam_msa", "IAM + MSA", "round-0 CAM", "msa"),
         ("iam_msa", "IAM + MSA", "IAM", "msa"), ("deep_pneumonia", "Deep Pneumonia (guided)", "Grad-CAM", "layer4")]
     learned = [row for row in learned if row[0] in models]
-    heads = load_mgacr_heads(models["deep_pneumonia"], base.run.device)
+    heads = load_mgacr_heads(models["deep_pneumonia"], resolve_runtime(base.run.device, "fp32", False).device)
     if heads is not None:  # MGACR's own maps, from the heads kept for analysis
         learned += [("deep_pneumonia", "Deep Pneumonia (guided)", f"map+ layer{layer}", f"map+ layer{layer}")
                     for layer in heads[1]["layers"]]
