@@ -28,7 +28,9 @@ def test_ablation_runs_every_row_and_prints_a_table(tmp_path: Path) -> None:
     table = ablation_markdown(summary, "deeppneumonia ablate ...")
     rows_table, paired_table = table.split("Paired difference")
     assert rows_table.count("\n| ") == 6 and "+ CB focal loss (full)" in rows_table and "study_map" in rows_table
-    assert paired_table.count("\n| ") == 1 + 4  # header + rows 2-5 against row 1 (one seed: no interval)
+    assert paired_table.count("\n| ") == 1 + 4  # header + rows 2-5 against row 1
+    # one seed: the interval is the test patients' bootstrap alone, and the table says so
+    assert paired_table.count("bootstrap over test patients only (one seed: no seed noise)") == 4
 
 
 def test_rows_and_records_grow_one_table_and_are_not_run_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

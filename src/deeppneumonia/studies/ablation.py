@@ -178,7 +178,8 @@ def paired_differences(results: dict[str, list[dict[str, Any]]], predictions: di
 
     With every paired run's test predictions (``predictions[(row, seed)]``, the ``test_predictions.npz`` of
     ``run_train``) the interval is the seed-and-patient bootstrap of :func:`paired_seed_bootstrap` (``"ci":
-    "bootstrap over seeds and test patients"``); otherwise the 95 % t-interval over the per-seed differences
+    "bootstrap over seeds and test patients"``; with one seed it carries the test patients only and says so);
+    otherwise the 95 % t-interval over the per-seed differences
     (seed noise only).
     """
     predictions = predictions or {}
@@ -194,12 +195,13 @@ def paired_differences(results: dict[str, list[dict[str, Any]]], predictions: di
         entry: dict[str, Any] = {"seeds": seeds}
         have = seeds and all((name, s) in predictions and (ref_name, s) in predictions for s in seeds)
         boot = None
-        if have and len(seeds) >= 2:
+        if have:
             boot = bootstrap_deltas([load_predictions(predictions[(name, s)]) for s in seeds],
                                      [load_predictions(predictions[(ref_name, s)]) for s in seeds], n_boot)
         if boot is not None:
             entry.update(boot)
-            entry["ci"] = "bootstrap over seeds and test patients"
+            entry["ci"] = ("bootstrap over seeds and test patients" if len(seeds) >= 2 else
+                           "bootstrap over test patients only (one seed: no seed noise)")
         else:
             for c in DELTA_COLUMNS:
                 diffs = [float(x[c]) - float(y[c]) for x, y in pairs if x.get(c) is not None and y.get(c) is not None]
