@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from deeppneumonia.errors import ImageReadError
@@ -37,30 +38,41 @@ def _standalone(marker: int) -> bool:
     return marker == 0x01 or 0xD0 <= marker <= 0xD7
 
 
-def jpeg_dims(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the SOF (or JPEG-LS SOF55) marker of a JPEG codestream, or None."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
+def _segments(data: bytes) -> Iterator[tuple[int, bytes, int]]:
+    """(marker, payload, bytes of entropy-coded data after it) of each marker segment after SOI, in order, up to
+    EOI or the first byte that is not a marker where one belongs (structure errors are the decoder's to report).
+    The coded data follows SOS segments only (0 for the others)."""
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
-            return None
+            return
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
+        if marker == _EOI:
+            return
         if _standalone(marker):
             pos += 2
             continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        end = pos + 2 + length
+        pos = _entropy_end(data, end) if marker == _SOS else end
+        yield marker, data[end - length + 2:end], pos - end
+
+
+def jpeg_dims(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the SOF (or JPEG-LS SOF55) marker of a JPEG codestream, or None."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    for marker, payload, _ in _segments(data):
         if marker in SOF_MARKERS:
-            if pos + 9 > len(data):
+            if len(payload) < 5:
                 return None
-            height, width = struct.unpack_from(">HH", data, pos + 5)
+            height, width = struct.unpack_from(">HH", payload, 1)
             return width, height
         if marker == _SOS:  # a scan before any frame header
             return None
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        pos += 2 + length
     return None
 
 
@@ -177,35 +189,19 @@ def check_jpeg_complete(data: bytes, name: str) -> None:
         return
     frame: _Frame | None = None
     tables = _Tables()
-    pos, scan = 2, 0
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return  # not a marker where one belongs: structure errors are the decoder's to report
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker == _EOI:
-            return
-        if _standalone(marker):
-            pos += 2
-            continue
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        payload = data[pos + 4:pos + 2 + length]
-        pos += 2 + length
+    scan = 0
+    for marker, payload, coded in _segments(data):
         if marker in SOF_MARKERS and frame is None:
             frame = _read_sof(marker, payload)
         elif marker == _DHT:
             _read_dht(payload, tables)
         elif marker == _SOS:
-            end = _entropy_end(data, pos)
             need = _scan_min_bits(frame, tables, payload) if frame is not None else None
-            if need is not None and (end - pos) * 8 < need[1]:
+            if need is not None and coded * 8 < need[1]:
                 blocks, bits = need
-                covered = min(100.0, 100.0 * (end - pos) * 8 / bits)
+                covered = min(100.0, 100.0 * coded * 8 / bits)
                 raise ImageReadError(
-                    f"{name}: truncated JPEG file: scan {scan} holds {end - pos} bytes of coded data, fewer than "
+                    f"{name}: truncated JPEG file: scan {scan} holds {coded} bytes of coded data, fewer than "
                     f"the {math.ceil(bits / 8)} its {blocks} blocks need at least (the decoder would invent at least "
                     f"{100 - covered:.1f} % of the image)")
             scan += 1
-            pos = end
