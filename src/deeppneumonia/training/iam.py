@@ -179,8 +179,8 @@ class IAMTask:
         # an MSA network that does not aggregate layer4 leaves it without gradient: DDP must look for unused ones
         self.ddp_find_unused = self.ic.msa and 4 not in self.ic.msa_layers
         self.val_studies = study_ids(val)
-        self.metric = resolve_best_metric("last" if cfg.train.final_fit else cfg.train.best_metric, self.multilabel,
-                                          self.val_studies is not None)
+        self.metric = resolve_best_metric(cfg.train.best_metric, self.multilabel, self.val_studies is not None,
+                                          cfg.train.final_fit)
         # iam_selection = self.metric in the last round, -1 before (see validate); "last": the loop keeps the last epoch
         self.best_metric = "last" if self.metric == "last" else "iam_selection"
         self.round = 0

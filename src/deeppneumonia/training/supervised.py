@@ -98,12 +98,12 @@ def study_ids(split: CachedSplit) -> list[str] | None:
     return studies
 
 
-def resolve_best_metric(name: str, multilabel: bool, has_studies: bool) -> str:
+def resolve_best_metric(name: str, multilabel: bool, has_studies: bool, final_fit: bool = False) -> str:
     """``train.best_metric`` as validation can compute it: ``last`` as is (the loop keeps the last epoch),
     ``auroc_macro`` for multi-label data, and the image-level metric when a ``study_`` one is asked for but the
     validation split has no study level."""
-    if name == "last":
-        return name
+    if final_fit or name == "last":  # train.final_fit: validation images are training images, no selection
+        return "last"
     if multilabel:
         return "auroc_macro"
     if name.startswith("study_") and not has_studies:
@@ -165,7 +165,7 @@ class SupervisedTask:
         self.images_per_batch = self.batch_size
         self.epoch_step = 0  # index in its epoch of the batch being trained on (for the gradient-norm steps)
         self.val_studies = study_ids(val)
-        self.best_metric = self._resolve_best_metric("last" if self.tcfg.final_fit else self.tcfg.best_metric)
+        self.best_metric = self._resolve_best_metric(self.tcfg.best_metric)
 
     # --- construction helpers -----------------------------------------------------------------------------
     def _resolve_box_policy(self) -> None:
@@ -195,7 +195,7 @@ class SupervisedTask:
                  counts["positive_no_box"])
 
     def _resolve_best_metric(self, name: str) -> str:
-        return resolve_best_metric(name, self.multilabel, self.val_studies is not None)
+        return resolve_best_metric(name, self.multilabel, self.val_studies is not None, self.tcfg.final_fit)
 
     def build_model(self, num_classes: int) -> XRayResNet:
         """The network this task trains (``train.arch``); Stage I encoder weights are loaded into it afterwards."""
