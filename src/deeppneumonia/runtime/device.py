@@ -90,6 +90,19 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+def autocast_dtype(dev: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype ``precision`` means on ``dev`` (None: fp32); ``auto`` as in :func:`resolve_runtime`."""
+    if precision == "auto":
+        return cuda_autocast_dtype(dev) if dev.type == "cuda" else torch.bfloat16 if cpu_has_bf16() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast_name(device: str, precision: str) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: what a run with these settings computes in here (for records)."""
+    dtype = autocast_dtype(check_device(device), precision)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: bool = True,
                     threads: int = 0, deterministic: bool = False) -> Runtime:
     """Device, autocast dtype and memory format of a run; also sets threads and CUDA backends.
@@ -101,11 +114,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     if threads > 0:
         torch.set_num_threads(threads)
     configure_backends(dev, deterministic)
-    dtype: torch.dtype | None
-    if precision == "auto":
-        dtype = cuda_autocast_dtype(dev) if dev.type == "cuda" else torch.bfloat16 if cpu_has_bf16() else None
-    else:
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = autocast_dtype(dev, precision)
     if dev.type == "cpu" and dtype == torch.float16:
         log.warning("fp16 autocast on CPU is slow; use bf16 or fp32")
     log.info("device %s, autocast %s, channels_last %s", dev, dtype or "off (fp32)", channels_last)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from deeppneumonia.config import load_config
+from deeppneumonia.runtime.device import autocast_name
 from deeppneumonia.studies.common import hardware, mean_sd, study_config
 from deeppneumonia.training.loop import logged_seconds
 from deeppneumonia.training.pipeline import PreparedData, prepare_data, run_pretrain, run_train
@@ -104,6 +105,7 @@ def run_ablation(preset: str, overrides: list[str], seeds: list[int], out_dir: P
                 metrics = run_train(cfg, data)
                 metrics["pretrain_minutes"] = pre_minutes if row.pretrained else 0.0
                 metrics["seed"] = seed
+                metrics["precision"] = autocast_name(cfg.run.device, cfg.run.precision)
                 if record is not None:
                     record.write_text(json.dumps(metrics, indent=1))
                     preds = seed_dir / f"row{k}" / "test_predictions.npz"
