@@ -27,6 +27,9 @@ def test_presets_load_and_overrides_apply() -> None:
     ("train.loss.kind=mse", "not one of"),
     ("train.mgacr.attention=1", "expected true/false"),
     ("nonsense", "section.key=value"),
+    ("train.optim.resize_from=48", "multiple of 32"),
+    ("pretrain.optim.resize_from=512", "must not exceed data.size"),
+    ("train.optim.resize_until=0", r"must be in \(0, 1\]"),
 ])
 def test_bad_overrides_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

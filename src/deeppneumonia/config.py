@@ -75,6 +75,11 @@ class OptimConfig:
     # peak `lr` over the first onecycle_warmup of all steps, then cosine decay to lr * onecycle_start / 1e4
     onecycle_warmup: float = 0.3
     onecycle_start: float = 0.04
+    # progressive resizing (fast.ai, airbench): the first epochs train on smaller images, the side rising linearly
+    # from resize_from px at epoch 0 to data.size at resize_until x epochs, in steps of 32 px (ResNet's stride,
+    # so every feature grid is whole); 0 = off. Validation, test and inference always use data.size.
+    resize_from: int = 0
+    resize_until: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -360,6 +365,11 @@ def validate(cfg: Config) -> Config:
         need(o.warmup_epochs >= 0, f"{name}.warmup_epochs", o.warmup_epochs, "must be >= 0")
         need(0 < o.onecycle_warmup < 1, f"{name}.onecycle_warmup", o.onecycle_warmup, "must be in (0, 1)")
         need(0 < o.onecycle_start <= 1, f"{name}.onecycle_start", o.onecycle_start, "must be in (0, 1]")
+        need(o.resize_from == 0 or (o.resize_from >= 32 and o.resize_from % 32 == 0), f"{name}.resize_from",
+             o.resize_from, "must be 0 (off) or a multiple of 32 px")
+        need(o.resize_from <= cfg.data.size, f"{name}.resize_from", o.resize_from,
+             f"must not exceed data.size ({cfg.data.size})")
+        need(0 < o.resize_until <= 1, f"{name}.resize_until", o.resize_until, "must be in (0, 1]")
     for name, a in (("pretrain.augment", cfg.pretrain.augment), ("train.augment", cfg.train.augment)):
         lo, hi = a.crop_scale
         need(0 < lo <= hi <= 1, f"{name}.crop_scale", a.crop_scale, "must be [low, high] with 0 < low <= high <= 1")

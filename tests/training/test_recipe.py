@@ -1,4 +1,4 @@
-"""Recipe levers of the training loop: one-cycle schedule, EMA of the weights (and its resume)."""
+"""Recipe levers of the training loop: one-cycle schedule, EMA of the weights (and its resume), progressive resizing."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import resnet18
 
+from deeppneumonia.data.batches import Batch, resize_batch
+from deeppneumonia.data.masks import boxes_to_mask_tensor
 from deeppneumonia.errors import DeepPneumoniaError
 from deeppneumonia.models.checkpoint import load_state, load_weights
-from deeppneumonia.training.loop import WeightEMA, onecycle_factor
+from deeppneumonia.training.loop import WeightEMA, epoch_size, onecycle_factor
 from deeppneumonia.training.pipeline import run_pretrain, run_train
 from deeppneumonia.training.supervised import SupervisedTask
 from tests.conftest import make_lesion_csv
@@ -140,3 +142,45 @@ def test_iam_with_final_fit_keeps_the_last_epoch_of_the_last_round(tmp_path: Pat
     run_train(cfg)
     _, meta = load_weights(tmp_path / "run" / "train" / "model.safetensors")
     assert meta["epoch"] == 3 and meta["iam_round"] == 1
+
+
+def test_epoch_size_rises_in_steps_of_32_to_the_full_side() -> None:
+    sizes = [epoch_size(e, 12, 128, 64, 0.5) for e in range(12)]
+    assert sizes == [64, 64, 64, 96, 96, 96] + [128] * 6
+    assert [epoch_size(e, 4, 224, 128, 1.0) for e in range(4)] == [128, 128, 160, 192]
+    assert all(epoch_size(e, 12, 128, 0, 0.5) == 128 for e in range(12))  # off
+    assert epoch_size(0, 12, 100, 64, 0.5) == 64 and epoch_size(6, 12, 100, 64, 0.5) == 100  # side not / 32
+
+
+def test_resize_batch_keeps_the_boxes_on_the_lesion() -> None:
+    img = torch.zeros(1, 1, 64, 64, dtype=torch.uint8)
+    img[..., 16:40, 8:24] = 200  # a bright lesion at x 8-24, y 16-40
+    boxes = torch.tensor([[[8.0, 16.0, 16.0, 24.0]]])
+    batch = Batch(img, boxes, torch.tensor([True]), torch.tensor([[0.0, 1.0]]), torch.tensor([0]))
+    small = resize_batch(batch, 32)
+    assert small.images.shape == (1, 1, 32, 32) and small.images.dtype == torch.uint8
+    mask = boxes_to_mask_tensor(small.boxes, torch.tensor([[32.0, 32.0]]), (32, 32))
+    x = small.images.float()
+    assert x[mask > 0.5].mean() >= 180 and x[mask == 0].mean() <= 10  # the boxes moved with the image
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    for grid in (xs, ys):  # same centre: intensity-weighted and mask-weighted
+        assert float((x[0, 0] * grid).sum() / x.sum()) == pytest.approx(float((mask[0, 0] * grid).sum() / mask.sum()),
+                                                                        abs=0.25)
+    assert resize_batch(batch, 64) is batch
+
+
+def test_progressive_resizing_trains_small_then_full(tmp_path: Path, lesion_data: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, int]] = []
+    original = SupervisedTask.training_step
+
+    def spy(self: SupervisedTask, batch, g):  # type: ignore[no-untyped-def]
+        seen.append(tuple(batch.images.shape[-2:]))
+        return original(self, batch, g)
+
+    monkeypatch.setattr(SupervisedTask, "training_step", spy)
+    run_train(tiny_config(tmp_path, lesion_data, "data.size=64", "train.pretrained=false", "train.optim.epochs=2",
+                          "train.optim.resize_from=32", "train.optim.resize_until=0.5"))
+    assert seen[0] == (32, 32) and seen[-1] == (64, 64) and len(set(seen)) == 2
+    log = [json.loads(x) for x in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["train_size"] for h in log] == [32, 64]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from deeppneumonia.data.cache import Cache
@@ -27,6 +28,16 @@ class Batch:
     has_box: Tensor  # (B,) bool
     target: Tensor  # (B, C) float, NaN = unknown
     index: Tensor  # (B,) record indices into the manifest
+
+
+def resize_batch(batch: Batch, size: int) -> Batch:
+    """The batch with its images resized to ``size`` x ``size`` (antialiased bilinear, rounded back to uint8) and its
+    boxes scaled to match; the batch itself when it already has that size (progressive resizing)."""
+    side = batch.images.shape[-1]
+    if size == side:
+        return batch
+    x = F.interpolate(batch.images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return replace(batch, images=x.round_().clamp_(0, 255).to(torch.uint8), boxes=batch.boxes * (size / side))
 
 
 class BatchSource:

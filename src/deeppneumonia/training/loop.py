@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deeppneumonia.config import OptimConfig
-from deeppneumonia.data.batches import Batch
+from deeppneumonia.data.batches import Batch, resize_batch
 from deeppneumonia.errors import CheckpointError, DeepPneumoniaError
 from deeppneumonia.models.checkpoint import load_state, remove_stale_temps, save_state
 from deeppneumonia.runtime import distributed
@@ -68,6 +68,29 @@ def onecycle_factor(step: int, total: int, warmup_fraction: float = 0.3, start: 
     else:
         t, a, b = min(1.0, (step - up) / max(total - 1 - up, 1e-9)), 1.0, start / 1e4
     return b + (a - b) / 2 * (math.cos(math.pi * t) + 1)
+
+
+def epoch_size(epoch: int, epochs: int, full: int, start: int, until: float) -> int:
+    """Progressive resizing: the image side trained on in ``epoch`` (0-based) of ``epochs``.
+
+    Rises linearly from ``start`` px at epoch 0 to ``full`` at ``until`` x ``epochs``, rounded down to a multiple
+    of 32 px (never below ``start``); ``full`` from then on, and always when ``start`` is 0 (off) or >= ``full``.
+    """
+    if start <= 0 or start >= full:
+        return full
+    reach = until * epochs
+    if epoch >= reach:
+        return full
+    side = start + (full - start) * epoch / reach
+    return min(full, max(start, int(side) // 32 * 32))
+
+
+def _progressive(batches: Iterator[Batch], epoch: int, cfg: OptimConfig, side: list[int]) -> Iterator[Batch]:
+    """The epoch's batches at :func:`epoch_size` (``cfg.resize_from`` on); the side used is put in ``side``."""
+    for b in batches:
+        size = epoch_size(epoch, cfg.epochs, b.images.shape[-1], cfg.resize_from, cfg.resize_until)
+        side[:] = [size]
+        yield resize_batch(b, size)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -316,7 +339,10 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
             every = 1 if rt.device.type == "cpu" and not distributed.is_distributed() else SYNC_EVERY
             checked = n
             last_save = time.perf_counter()
-            batches = itertools.islice(task.train_batches(epoch), skip, None)
+            batches: Iterator[Batch] = itertools.islice(task.train_batches(epoch), skip, None)
+            side: list[int] = []  # the side trained on this epoch (progressive resizing), for the log
+            if cfg.resize_from:
+                batches = _progressive(batches, epoch, cfg, side)
             bar = tqdm(batches, total=steps, initial=skip, desc=f"{task.name} {epoch + 1}/{cfg.epochs}",
                        disable=not progress or not main, leave=False)
             for batch in bar:
@@ -363,6 +389,8 @@ def fit(task: Task, cfg: OptimConfig, run_dir: Path, rt: Runtime, seed: int = 0,
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
                                       "train_seconds": round(train_time, 2),
                                       "images_per_second": round(rate, 1)}
+            if side:
+                record["train_size"] = side[0]
             record.update({f"train_{k}": v / max(n, 1) for k, v in sums.items()})
             record.update({f"val_{k}": v for k, v in val.items()})
             history.append(record)
