@@ -80,8 +80,13 @@ def probe_predictions(train_f: Tensor, train_y: Tensor, test_f: Tensor, num_clas
             "linear": lr.predict(test_f.numpy())}
 
 
+def _accuracy(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Accuracy from one-hot predictions and targets (the kNN probe's bootstrap metric)."""
+    return {"accuracy": float((pred.argmax(1) == target.argmax(1)).mean())}
+
+
 def _accuracies(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Accuracy and balanced accuracy from one-hot predictions and targets (the bootstrap's metric)."""
+    """Accuracy and balanced accuracy from one-hot predictions and targets (the linear probe's bootstrap metric)."""
     p, t = pred.argmax(1), target.argmax(1)
     return {"accuracy": float((p == t).mean()), "balanced_accuracy": float(balanced_accuracy_score(t, p))}
 
@@ -140,7 +145,7 @@ def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "aut
     out["difference"] = {}
     for probe in ("knn", "linear"):
         diff = paired_seed_bootstrap([onehot["pretrained"][probe]], [onehot["random_init"][probe]], target, patients,
-                                     _accuracies, n_boot=n_boot, seed=seed)
+                                     _accuracies if probe == "linear" else _accuracy, n_boot=n_boot, seed=seed)
         out["difference"][f"{probe}_accuracy"] = diff["accuracy"]
         if probe == "linear":
             out["difference"]["linear_balanced_accuracy"] = diff["balanced_accuracy"]
