@@ -40,3 +40,15 @@ def test_distributed_scaling_smoke_with_and_without_compile(tmp_path: Path, monk
     args.compile = True
     assert mod.measure(args)["train"] > 0 and mod.model_only(args, 4)["train"] > 0
     assert {"XRayResNet", "Projector", "MGACRHeads", "reference"} <= set(compiled)
+
+
+def test_mgacr_overhead_smoke(tmp_path: Path) -> None:
+    mod = load_benchmark("mgacr_overhead")
+    csv_path = make_lesion_csv(tmp_path / "data", n=24, size=32)
+    args = mod.parse_args(["--preset", "siim-128-cpu", "--data", str(csv_path), "--size", "32", "--batch", "4",
+                           "--steps", "1", "--rounds", "2", "--warmup", "0", "--precision", "fp32",
+                           "--cache-dir", str(tmp_path / "cache"), "--set", "data.val_fraction=0.25",
+                           "data.test_fraction=0.25"])
+    r = mod.measure(args)
+    assert list(r["rates"]) == ["plain", "MGACR, preset layers [2,3]", "MGACR, all four layers"]
+    assert all(v > 0 for v in r["rates"].values()) and r["grad_norm_steps"] == 2 and r["step_seconds"] > 0
