@@ -3,7 +3,8 @@
 For each server configuration (``--configs``: ``batch1`` = ``--max-batch 1``, one forward pass per request, as
 before coalescing; ``coalesced`` = the default queue, up to 16 requests per forward pass within 5 ms;
 ``ort1`` / ``ort`` = the same two with ``--runtime onnxruntime``; ``int8`` = coalesced, serving the model
-exported to int8 ONNX with features), starts ``deeppneumonia serve`` in a
+exported to int8 ONNX with features; ``bf16`` = coalesced PyTorch with ``--precision bf16``, for CPUs with native
+bf16), starts ``deeppneumonia serve`` in a
 subprocess on a free 127.0.0.1 port (with ``--checkpoint``, or a random-weight ResNet18 saved in the training
 format), waits for /api/health, sends one warm-up request, then fires ``--requests`` uploads at once (all in
 flight together, ``--concurrency`` connections) for each mode (without and with the CAM overlay) and prints
@@ -11,7 +12,7 @@ latency percentiles, throughput, the mean batch size and the error count. The lo
 and after; above 0.5 per core the headline is marked BUSY MACHINE.
 
 Usage: python benchmarks/serve_load.py [--checkpoint model.safetensors] [--requests 50] [--concurrency 50]
-       [--image scan.png | --image-size 1024] [--size 224] [--configs batch1,coalesced,ort1,ort,int8]
+       [--image scan.png | --image-size 1024] [--size 224] [--configs batch1,coalesced,ort1,ort,int8,bf16]
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--image", type=Path, default=None, help="image to upload (default: synthetic PNG)")
     ap.add_argument("--image-size", type=int, default=1024, help="side of the synthetic PNG")
-    ap.add_argument("--configs", default="batch1,coalesced", help="comma-separated: batch1, coalesced, ort1, ort, int8")
+    ap.add_argument("--configs", default="batch1,coalesced",
+                    help="comma-separated: batch1, coalesced, ort1, ort, int8, bf16")
     args = ap.parse_args()
 
     data = args.image.read_bytes() if args.image else synthetic_png(args.image_size)
@@ -124,6 +126,8 @@ def main() -> None:
                 extra = ["--runtime", "onnxruntime", "--max-batch", "1"]
             elif config == "ort":
                 extra = ["--runtime", "onnxruntime"]
+            elif config == "bf16":
+                extra = ["--precision", "bf16"]
             elif config == "int8":
                 from deeppneumonia.inference.export import export_onnx, quantize_int8
                 from deeppneumonia.inference.predictor import Predictor

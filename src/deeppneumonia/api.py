@@ -28,12 +28,14 @@ ImageLike = Union[str, Path, np.ndarray]  # noqa: UP007  (a runtime alias: PEP 6
 """A file path (PNG, JPEG, DICOM) or an (H, W) / (H, W, 3) array: uint8 0..255 or float in [0, 1]."""
 
 
-def load_predictor(checkpoint: str | Path, device: str = "auto") -> Predictor:
+def load_predictor(checkpoint: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
     """Load a trained classifier (``model.safetensors``) for inference.
 
     Args:
         checkpoint: the ``train/model.safetensors`` of a run (classes, preprocessing, thresholds inside).
         device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32`` (default), ``bf16`` or ``auto`` (bf16 where the hardware has it): the faster path
+            on CPUs with native bf16, probabilities within about 1e-2 of fp32 (docs/serving.md).
 
     Returns:
         A :class:`~deeppneumonia.inference.predictor.Predictor`: ``.classes``, ``.size``, ``.thresholds``,
@@ -44,7 +46,7 @@ def load_predictor(checkpoint: str | Path, device: str = "auto") -> Predictor:
     """
     from deeppneumonia.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, device)
+    return Predictor.from_checkpoint(checkpoint, device, precision)
 
 
 def _as_predictor(model: Predictor | str | Path) -> Predictor:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from deeppneumonia.cli import main
+from deeppneumonia.errors import ConfigError
 from deeppneumonia.inference.files import predict_paths
 from deeppneumonia.inference.predictor import Predictor
 from tests.serve.helpers import chest_like, jpeg_bytes, png_bytes, random_checkpoint
@@ -142,3 +143,21 @@ def test_onnx_predictor_and_int8_export(ckpt: Path, folder: Path, tmp_path: Path
         assert a["prediction"] == b["prediction"] and a["p_normal"] == pytest.approx(b["p_normal"], abs=1e-4)
     p8 = OnnxPredictor.from_file(tmp_path / "m.int8.onnx")
     assert p8.classes == list(CLASSES) and p8.model_info["format"] == "onnx" and p8.supports_heatmaps()
+
+
+def test_bf16_predictor_is_close_to_fp32_and_onnx_refuses_it(ckpt: Path, tmp_path: Path) -> None:
+    fp32 = Predictor.from_checkpoint(ckpt, "cpu")
+    bf16 = Predictor.from_checkpoint(ckpt, "cpu", precision="bf16")
+    assert fp32.rt.dtype is None and bf16.rt.dtype == torch.bfloat16 and fp32.rt.channels_last
+    x = fp32.preprocess(chest_like(80, 90, seed=3)).repeat(4, 1, 1, 1) + 0.1 * torch.randn(4, 1, 64, 64)
+    p32, heat32, _ = fp32.predict(x, heatmaps=True)
+    p16, heat16, _ = bf16.predict(x, heatmaps=True)
+    assert p16.dtype == np.float32 and np.abs(p16 - p32).max() < 0.05
+    assert heat16 is not None and heat32 is not None and heat16.shape == heat32.shape
+    # channels-last changes nothing but rounding: the same network in the contiguous layout agrees
+    ref = torch.softmax(fp32.model.to(memory_format=torch.contiguous_format)(x), 1).detach().numpy()
+    np.testing.assert_allclose(p32, ref, atol=1e-5)
+    with pytest.raises(ConfigError, match="applies to PyTorch only"):
+        predict_paths(ckpt, [tmp_path], runtime="onnxruntime", precision="bf16")
+    with pytest.raises(ConfigError, match="choose fp32, bf16 or auto"):
+        Predictor.from_checkpoint(ckpt, "cpu", precision="fp8")

@@ -273,6 +273,18 @@ def test_cli_serve_is_thin(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) ->
     ckpt, kw = calls[0]
     assert ckpt == checkpoint and kw["host"] == "127.0.0.1" and kw["port"] == 8123 and kw["max_upload_mb"] == 5
     assert "max_pixels" not in kw and kw["heatmap"] is True  # unset limits keep serve's defaults
+    assert kw["precision"] == "fp32"
+    assert main(["serve", "--checkpoint", str(checkpoint), "--precision", "bf16"]) == 0
+    assert calls[1][1]["precision"] == "bf16"
+
+
+def test_bf16_service_answers_close_to_fp32(client: TestClient, checkpoint: Path) -> None:
+    arr = png_bytes(chest_like(96, 80, seed=5))
+    with TestClient(create_app(checkpoint, device="cpu", precision="bf16")) as fast:
+        got = post(fast, arr, heatmap="true").json()
+    want = post(client, arr, heatmap="true").json()
+    assert np.abs(np.subtract(got["probabilities"], want["probabilities"])).max() < 0.05
+    assert got["heatmap"] is not None
 
 
 def test_unexpected_error_is_json_500_and_the_server_goes_on(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:

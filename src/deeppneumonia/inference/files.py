@@ -35,13 +35,18 @@ from deeppneumonia.transforms.preprocessing import Preprocessing
 DEFAULT_BATCH_SIZE = 16
 
 
-def load_predictor(path: str | Path, device: str = "auto", runtime: str = "torch") -> Predictor | OnnxPredictor:
+def load_predictor(path: str | Path, device: str = "auto", runtime: str = "torch",
+                   precision: str = "fp32") -> Predictor | OnnxPredictor:
     """A :class:`~deeppneumonia.inference.predictor.Predictor` for a ``.safetensors`` checkpoint, an
-    :class:`OnnxPredictor` for an exported ``.onnx`` (``device`` applies to PyTorch only).
+    :class:`OnnxPredictor` for an exported ``.onnx`` (``device`` and ``precision`` apply to PyTorch only: an ONNX
+    model runs in the precision it was exported in, and asking it for bf16 is an error).
 
     With ``runtime="onnxruntime"`` a ``.safetensors`` checkpoint is exported (with features, parity-checked) into
     a temporary folder at load time and run by ONNX Runtime; its identity (file, SHA-256) stays the checkpoint's.
     """
+    if precision != "fp32" and (runtime != "torch" or Path(path).suffix.lower() == ".onnx"):
+        raise ConfigError(f"precision {precision}: applies to PyTorch only; an ONNX model runs as exported (fp32, or "
+                          "int8 with export --quantize int8)")
     if Path(path).suffix.lower() == ".onnx":
         return OnnxPredictor.from_file(path)
     if runtime == "onnxruntime":
@@ -50,7 +55,7 @@ def load_predictor(path: str | Path, device: str = "auto", runtime: str = "torch
         return exported_predictor(path)
     if runtime != "torch":
         raise CheckpointError(f"unknown runtime {runtime!r}; choose torch or onnxruntime")
-    return Predictor.from_checkpoint(path, device)
+    return Predictor.from_checkpoint(path, device, precision)
 
 
 def iter_images(paths: Sequence[str | Path]) -> Iterator[Path]:
@@ -110,7 +115,7 @@ def _load(path: Path, pre: Preprocessing) -> np.ndarray | str:
 def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], heatmaps: Path | None = None,
                   device: str = "auto", progress: bool = True, explain_class: str | None = None,
                   layer: str = "layer4", method: str = "gradcam", batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int | None = None, runtime: str = "torch") -> list[dict[str, Any]]:
+                  workers: int | None = None, runtime: str = "torch", precision: str = "fp32") -> list[dict[str, Any]]:
     """Predict every file of ``paths`` (files, or folders searched recursively); one row per file.
 
     Args:
@@ -125,6 +130,7 @@ def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], heatmaps:
         batch_size: images per forward pass.
         workers: decoding threads (default: the CPU count, at most 8).
         runtime: ``torch``, or ``onnxruntime`` to export a ``.safetensors`` checkpoint first and run ONNX Runtime.
+        precision: ``fp32``, ``bf16`` or ``auto`` (PyTorch only; see :meth:`Predictor.from_checkpoint`).
 
     Returns:
         Rows in input order with ``path``, ``p_<class>`` per class, ``prediction``, ``error`` (empty when the file
@@ -143,7 +149,7 @@ def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], heatmaps:
         check_method(method)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    pred = load_predictor(checkpoint, device, runtime)
+    pred = load_predictor(checkpoint, device, runtime, precision)
     if explain_class is not None and explain_class not in pred.classes:
         raise ConfigError(f"--class {explain_class!r} is not a class of this model; its classes: {pred.classes}")
     if heatmaps is not None and not pred.supports_heatmaps(layer, method):

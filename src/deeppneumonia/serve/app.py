@@ -219,7 +219,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
                device: str = "auto", max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
                layer: str = "layer4", method: str = "gradcam", max_batch: int = DEFAULT_MAX_BATCH,
                max_wait_ms: float = DEFAULT_MAX_WAIT_MS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-               runtime: str = "torch") -> FastAPI:
+               runtime: str = "torch", precision: str = "fp32") -> FastAPI:
     """The FastAPI application serving the classifier in ``checkpoint`` (loaded once, here).
 
     Args:
@@ -236,6 +236,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         body_timeout: seconds allowed to receive a request body (408 beyond).
         runtime: ``torch``, or ``onnxruntime`` to export a ``.safetensors`` checkpoint at start-up and run it with
             ONNX Runtime (an ``.onnx`` file always runs with ONNX Runtime).
+        precision: ``fp32`` (default), ``bf16`` or ``auto`` for PyTorch (see ``Predictor.from_checkpoint``).
     """
     from deeppneumonia.inference.explain import check_method, fast_cam_applies
 
@@ -243,7 +244,7 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
     limit = int(max_upload_mb * 1024 * 1024)
     if limit <= 0 or max_pixels <= 0 or max_concurrency <= 0 or max_batch <= 0 or body_timeout <= 0:
         raise ValueError("max_upload_mb, max_pixels, max_concurrency, max_batch and body_timeout must be positive")
-    predictor = load_predictor(checkpoint, device, runtime)
+    predictor = load_predictor(checkpoint, device, runtime, precision)
     if heatmap:
         import importlib.util
 
@@ -441,13 +442,13 @@ def run(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
         device: str = "auto", max_concurrency: int = DEFAULT_MAX_CONCURRENCY, log_level: str = "info",
         layer: str = "layer4", method: str = "gradcam", max_batch: int = DEFAULT_MAX_BATCH,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-        runtime: str = "torch") -> None:
+        runtime: str = "torch", precision: str = "fp32") -> None:
     """Load the model and serve it with uvicorn until interrupted."""
     import uvicorn
 
     app = create_app(checkpoint, max_upload_mb, max_pixels, heatmap, device=device, max_concurrency=max_concurrency,
                      layer=layer, method=method, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     body_timeout=body_timeout, runtime=runtime)
+                     body_timeout=body_timeout, runtime=runtime, precision=precision)
     if not _is_loopback(host):
         log.warning("serving on %s: reachable from other machines, with no authentication and no TLS; "
                     "put a reverse proxy in front", host)
