@@ -48,3 +48,17 @@ def test_paired_runs_prints_the_paired_differences(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "paired_runs.py"), "--a", str(good[0]), "--b",
                           *map(str, poor)], capture_output=True, text=True)
     assert bad.returncode != 0 and "same number of runs" in bad.stderr
+
+
+def test_bf16_parity_reports_a_small_difference(tmp_path: Path) -> None:
+    from tests.serve.helpers import chest_like, png_bytes, random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / "model.safetensors", ("normal", "pneumonia"), size=64)
+    for i in range(6):
+        (tmp_path / "imgs" / ("normal" if i % 2 else "pneumonia")).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imgs" / ("normal" if i % 2 else "pneumonia") / f"{i}.png").write_bytes(
+            png_bytes(chest_like(70, 80, seed=i)))
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bf16_parity.py"), "--checkpoint", str(ckpt),
+                          "--data", str(tmp_path / "imgs")], check=True, capture_output=True, text=True).stdout
+    assert out.startswith("6 images: max |prob diff| ")
+    assert float(out.split("max |prob diff| ")[1].split(",")[0]) < 0.05
