@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from deeppneumonia.data.imageio import read_image
-from deeppneumonia.data.sources import load_source
+from deeppneumonia.data.sources import load_source, resolve_data_path
 from deeppneumonia.inference.predictor import Predictor
 
 
@@ -41,10 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", type=Path, default=None, help="a run's split.json: score its test part")
     ap.add_argument("--limit", type=int, default=400)
     args = ap.parse_args(argv)
-    records = load_source(args.data, "auto").records
+    records = load_source(resolve_data_path(args.data), "auto").records
     if args.split is not None:
         by_id = {r.image_id: r for r in records}
-        records = [by_id[i] for i in json.loads(args.split.read_text())["test"]]
+        wanted = json.loads(args.split.read_text())["test"]
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise SystemExit(f"{args.split}: {len(missing)} test image id(s) are not in {args.data} (e.g. "
+                             f"{missing[0]!r}): the split belongs to another data set")
+        records = [by_id[i] for i in wanted]
     r = parity(args.checkpoint, [rec.path for rec in records[:args.limit]])
     print(f"{r['images']} images: max |prob diff| {r['max_abs_prob_diff']:.4f}, mean {r['mean_abs_prob_diff']:.5f}, "
           f"same most probable class {r['class_agreement']:.4f}")

@@ -147,7 +147,7 @@ def test_iam_with_final_fit_keeps_the_last_epoch_of_the_last_round(tmp_path: Pat
 def test_epoch_size_rises_in_steps_of_32_to_the_full_side() -> None:
     sizes = [epoch_size(e, 12, 128, 64, 0.5) for e in range(12)]
     assert sizes == [64, 64, 64, 96, 96, 96] + [128] * 6
-    assert [epoch_size(e, 4, 224, 128, 1.0) for e in range(4)] == [128, 128, 160, 192]
+    assert [epoch_size(e, 4, 224, 128, 1.0) for e in range(4)] == [128, 128, 160, 224]  # the last epoch is full
     assert all(epoch_size(e, 12, 128, 0, 0.5) == 128 for e in range(12))  # off
     assert epoch_size(0, 12, 100, 64, 0.5) == 64 and epoch_size(6, 12, 100, 64, 0.5) == 100  # side not / 32
 
@@ -167,6 +167,13 @@ def test_resize_batch_keeps_the_boxes_on_the_lesion() -> None:
         assert float((x[0, 0] * grid).sum() / x.sum()) == pytest.approx(float((mask[0, 0] * grid).sum() / mask.sum()),
                                                                         abs=0.25)
     assert resize_batch(batch, 64) is batch
+    odd = resize_batch(batch, 48)  # a non-integer factor: the image and the boxes still agree to a fraction of a pixel
+    mask = boxes_to_mask_tensor(odd.boxes, torch.tensor([[48.0, 48.0]]), (48, 48))
+    x = odd.images.float()
+    ys, xs = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    for grid in (xs, ys):
+        assert float((x[0, 0] * grid).sum() / x.sum()) == pytest.approx(float((mask[0, 0] * grid).sum() / mask.sum()),
+                                                                        abs=0.1)
 
 
 def test_progressive_resizing_trains_small_then_full(tmp_path: Path, lesion_data: Path,
@@ -184,3 +191,21 @@ def test_progressive_resizing_trains_small_then_full(tmp_path: Path, lesion_data
     assert seen[0] == (32, 32) and seen[-1] == (64, 64) and len(set(seen)) == 2
     log = [json.loads(x) for x in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [h["train_size"] for h in log] == [32, 64]
+
+
+def test_progressive_resizing_resumes_mid_epoch_as_uninterrupted(tmp_path: Path, lesion_data: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["data.size=64", "train.pretrained=false", "train.optim.epochs=2", "run.checkpoint_minutes=0",
+            "train.optim.resize_from=32", "train.optim.resize_until=0.5"]
+    run_train(tiny_config(tmp_path / "a", lesion_data, *base))
+    killed = tiny_config(tmp_path / "b", lesion_data, *base)
+    interrupt_training(killed, monkeypatch, at_step=2)  # inside the first (32-px) epoch
+    run_train(killed)
+    logs = [[json.loads(x) for x in (tmp_path / r / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+            for r in ("a", "b")]
+    assert [h["train_size"] for h in logs[1]] == [32, 64]
+    assert [h["val_accuracy"] for h in logs[0]] == pytest.approx([h["val_accuracy"] for h in logs[1]])
+    a = load_state(tmp_path / "a" / "run" / "train" / "last.pt")["modules"]["model"]
+    b = load_state(tmp_path / "b" / "run" / "train" / "last.pt")["modules"]["model"]
+    for k, v in a.items():
+        assert torch.allclose(v.float(), b[k].float(), atol=1e-5), k

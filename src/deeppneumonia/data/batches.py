@@ -37,7 +37,10 @@ def resize_batch(batch: Batch, size: int) -> Batch:
     if size == side:
         return batch
     x = F.interpolate(batch.images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return replace(batch, images=x.round_().clamp_(0, 255).to(torch.uint8), boxes=batch.boxes * (size / side))
+    images = x.round_().clamp_(0, 255).to(torch.uint8)
+    if batch.images.is_pinned():  # a GPU run's host batch: keep its copy to the device asynchronous
+        images = images.pin_memory()
+    return replace(batch, images=images, boxes=batch.boxes * (size / side))
 
 
 class BatchSource:

@@ -39,12 +39,12 @@ def load_predictor(path: str | Path, device: str = "auto", runtime: str = "torch
                    precision: str = "fp32") -> Predictor | OnnxPredictor:
     """A :class:`~deeppneumonia.inference.predictor.Predictor` for a ``.safetensors`` checkpoint, an
     :class:`OnnxPredictor` for an exported ``.onnx`` (``device`` and ``precision`` apply to PyTorch only: an ONNX
-    model runs in the precision it was exported in, and asking it for bf16 is an error).
+    model runs in the precision it was exported in; ``auto`` leaves it so, ``bf16`` is an error).
 
     With ``runtime="onnxruntime"`` a ``.safetensors`` checkpoint is exported (with features, parity-checked) into
     a temporary folder at load time and run by ONNX Runtime; its identity (file, SHA-256) stays the checkpoint's.
     """
-    if precision != "fp32" and (runtime != "torch" or Path(path).suffix.lower() == ".onnx"):
+    if precision not in ("fp32", "auto") and (runtime != "torch" or Path(path).suffix.lower() == ".onnx"):
         raise ConfigError(f"precision {precision}: applies to PyTorch only; an ONNX model runs as exported (fp32, or "
                           "int8 with export --quantize int8)")
     if Path(path).suffix.lower() == ".onnx":

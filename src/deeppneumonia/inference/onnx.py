@@ -75,6 +75,11 @@ class OnnxPredictor(DecisionMixin):
     def outputs(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
 
+    @property
+    def precision(self) -> str:
+        """What the exported model computes in: ``fp32``, or ``int8`` for a quantized export."""
+        return str(self.meta.get("onnx", {}).get("precision", "fp32"))
+
     def preprocess(self, pixels: np.ndarray) -> Tensor:
         """(H, W) float [0, 1] -> (1, 1, S, S) normalised network input (CPU)."""
         return self.pre.from_pixels(pixels, "cpu")

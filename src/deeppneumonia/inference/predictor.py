@@ -109,7 +109,7 @@ class DecisionMixin:
         source = getattr(self, "source", None)
         return {"file": None if source is None else Path(source).name, "sha256": getattr(self, "sha256", "") or None,
                 "version": self.meta.get("versions", {}).get("deeppneumonia"), "arch": self.meta.get("arch"),
-                "format": getattr(self, "format", "safetensors")}
+                "format": getattr(self, "format", "safetensors"), "precision": getattr(self, "precision", None)}
 
 
 @dataclass
@@ -165,6 +165,11 @@ class Predictor(DecisionMixin):
     def preprocess_uint8(self, images: Tensor) -> Tensor:
         """(B, 1, S, S) uint8 cache images -> normalised input."""
         return self.pre.from_uint8(images, self.rt.device)
+
+    @property
+    def precision(self) -> str:
+        """What the network computes in: ``fp32``, ``bf16`` or ``fp16`` (autocast)."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.rt.dtype]
 
     def _on_device(self, x: Tensor) -> Tensor:
         """The input on the predictor's device, in its memory format."""

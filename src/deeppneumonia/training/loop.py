@@ -75,11 +75,13 @@ def epoch_size(epoch: int, epochs: int, full: int, start: int, until: float) -> 
 
     Rises linearly from ``start`` px at epoch 0 to ``full`` at ``until`` x ``epochs``, rounded down to a multiple
     of 32 px (never below ``start``); ``full`` from then on, and always when ``start`` is 0 (off) or >= ``full``.
+    The last epoch is always at ``full`` (``until=1`` included), so the model is validated and tested at a size it
+    has trained on.
     """
     if start <= 0 or start >= full:
         return full
     reach = until * epochs
-    if epoch >= reach:
+    if epoch >= reach or epoch >= epochs - 1:
         return full
     side = start + (full - start) * epoch / reach
     return min(full, max(start, int(side) // 32 * 32))
