@@ -31,7 +31,7 @@ from _table import machine_line  # benchmarks/_table.py (the script's own folder
 
 from deeppneumonia.config import Config, load_config
 from deeppneumonia.data.batches import Batch
-from deeppneumonia.training.pipeline import PreparedData, prepare_data, runtime_for
+from deeppneumonia.training.pipeline import PreparedData, place_data, prepare_data, runtime_for
 from deeppneumonia.training.supervised import SupervisedTask
 
 PLAIN = ["train.mgacr.attention=false", "train.mgacr.feature=false", "train.loss.kind=ce"]
@@ -87,6 +87,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     cfgs = configs(args, out)
     first = next(iter(cfgs.values()))
     data = prepare_data(first, progress=False)
+    place_data(first, data, runtime_for(first))  # as a run does: resident or pinned on a GPU, nothing on CPU
     batch = min(first.train.optim.batch_size, len(data.train))
     batches = list(data.train.iterate(batch, shuffle=True, seed=0, drop_last=True))[:max(1, args.steps)]
     rows = {name: build(cfg, data) for name, cfg in cfgs.items()}
