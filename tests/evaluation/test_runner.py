@@ -77,3 +77,28 @@ def test_mgacr_heads_kept_for_analysis_are_scored(tmp_path: Path) -> None:
     assert set(loc) == {"layer1", "layer2", "layer3", "layer4"}
     assert 0 <= loc["layer1"]["overall"]["energy"] <= 1
     assert "MGACR map+ of layer1" in (tmp_path / "ev" / "report.html").read_text()
+
+    # `explain --mgacr-layer N`: map+ overlays from the kept heads; a bad file gets its row, the others go on
+    from PIL import Image
+
+    from deeppneumonia.cli import main
+    from deeppneumonia.evaluation.attention_maps import explain_map_plus
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    src = sorted(p for p in csv_path.parent.rglob("*.png"))[:2]
+    for i, f in enumerate(src):
+        (imgs / f"{i}.png").write_bytes(f.read_bytes())
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    rows = explain_map_plus(ckpt, [imgs], 3, tmp_path / "maps", "cpu")
+    assert [bool(r["error"]) for r in rows] == [False, False, True]
+    with Image.open(rows[0]["heatmap"]) as im:
+        assert im.mode == "RGB" and rows[0]["heatmap"].endswith("_mapplus_layer3.png")
+    assert main(["-q", "explain", "--checkpoint", str(ckpt), str(src[0]), "--out", str(tmp_path / "m2"),
+                 "--mgacr-layer", "2", "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "m2").glob("*_mapplus_layer2.png"))) == 1
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model.safetensors").write_bytes(ckpt.read_bytes())  # the same weights without heads beside them
+    assert main(["-q", "explain", "--checkpoint", str(plain / "model.safetensors"), str(src[0]), "--out",
+                 str(tmp_path / "m3"), "--mgacr-layer", "2", "--device", "cpu"]) == 2

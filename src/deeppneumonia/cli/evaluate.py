@@ -29,8 +29,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     require("pytorch_grad_cam", "matplotlib")
     require_dicom_if_needed(args.images)
 
-    rows = predict_paths(args.checkpoint, args.images, heatmaps=args.out, device=args.device, progress=False,
-                         explain_class=args.cls, layer=args.layer, method=args.method)
+    if args.mgacr_layer is not None:  # MGACR's own map+ (heads kept for analysis) instead of a CAM
+        from deeppneumonia.evaluation.attention_maps import explain_map_plus
+
+        rows = explain_map_plus(args.checkpoint, args.images, args.mgacr_layer, args.out, args.device)
+    else:
+        rows = predict_paths(args.checkpoint, args.images, heatmaps=args.out, device=args.device, progress=False,
+                             explain_class=args.cls, layer=args.layer, method=args.method)
     for row in rows:
         if row["error"]:
             print(f"{row['path']}: skipped: {row['error']}")
@@ -89,5 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--method", choices=["gradcam", "gradcam++", "hirescam", "eigencam", "layercam"],
                    default="gradcam", help="CAM method (pytorch-grad-cam; gradcam at layer4 needs no backward pass)")
     p.add_argument("--out", type=Path, default=Path("explanations"), help="folder for the overlays (default: explanations)")
+    p.add_argument("--mgacr-layer", type=int, choices=[1, 2, 3, 4], default=None,
+                   help="draw MGACR's map+ of this residual layer instead of a CAM (needs mgacr_heads.safetensors "
+                        "beside the checkpoint: train.keep_attention_heads=true)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_explain)
