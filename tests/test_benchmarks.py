@@ -52,3 +52,14 @@ def test_mgacr_overhead_smoke(tmp_path: Path) -> None:
     r = mod.measure(args)
     assert list(r["rates"]) == ["plain", "MGACR, preset layers [2,3]", "MGACR, all four layers"]
     assert all(v > 0 for v in r["rates"].values()) and r["grad_norm_steps"] == 2 and r["step_seconds"] > 0
+
+
+def test_step_levers_smoke(tmp_path: Path) -> None:
+    mod = load_benchmark("step_levers")
+    csv_path = make_lesion_csv(tmp_path / "data", n=24, size=64)
+    args = mod.parse_args(["--data", str(csv_path), "--size", "64", "--batch", "4", "--steps", "1", "--rounds", "1",
+                           "--warmup", "0", "--cache-dir", str(tmp_path / "cache"), "--set", "data.val_fraction=0.25",
+                           "data.test_fraction=0.25"])
+    r = mod.measure(args)
+    assert list(r["sides"].values()) == [64, 64, 64, 32, 32]  # side - 32 and side - 64, never below 32
+    assert all(v > 0 for v in r["rates"].values())
