@@ -23,7 +23,7 @@ pytest.importorskip("httpx")
 pytest.importorskip("pytorch_grad_cam")
 from fastapi.testclient import TestClient
 
-from deeppneumonia.serve.app import create_app
+from deeppneumonia.serve.app import SecurityHeaders, create_app
 
 UPLOAD_MB = 1.0
 LIMIT = int(UPLOAD_MB * 1024 * 1024)
@@ -84,6 +84,28 @@ def test_good_png(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     check_good(r.json(), 160, 120, "PNG")
     assert r.headers["cache-control"] == "no-store" and r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_security_headers_added_unless_the_response_sets_them() -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+    app.add_middleware(SecurityHeaders)
+
+    @app.get("/own")
+    async def own() -> PlainTextResponse:
+        return PlainTextResponse("x", headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/plain")
+    async def plain() -> PlainTextResponse:
+        return PlainTextResponse("y")
+
+    with TestClient(app) as c:  # the lifespan scope passes through the middleware untouched
+        own_r, plain_r = c.get("/own"), c.get("/plain")
+    assert own_r.headers["cache-control"] == "max-age=60" and own_r.headers["referrer-policy"] == "no-referrer"
+    assert plain_r.headers["cache-control"] == "no-store" and plain_r.headers["x-content-type-options"] == "nosniff"
+    assert plain_r.text == "y"
 
 
 def test_good_dicom_and_jpeg(client: TestClient) -> None:
