@@ -20,17 +20,15 @@ of the machine's load hits every row alike; the load average is printed before a
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from _table import machine_line  # benchmarks/_table.py (the script's own folder is on sys.path)
+from _step import add_step_options, base_overrides, interleaved_rates, load_average, sgd, timed_steps
+from _table import machine_line  # benchmarks/_step.py, _table.py (the script's own folder is on sys.path)
 
 from deeppneumonia.config import Config, load_config
-from deeppneumonia.data.batches import Batch
 from deeppneumonia.training.pipeline import PreparedData, place_data, prepare_data, runtime_for
 from deeppneumonia.training.supervised import SupervisedTask
 
@@ -39,14 +37,7 @@ PLAIN = ["train.mgacr.attention=false", "train.mgacr.feature=false", "train.loss
 
 def configs(args: argparse.Namespace, out: Path) -> dict[str, Config]:
     """The rows' configs: the preset with this run's data, size, batch and precision; diagnostics off."""
-    base = [f"run.out_dir={out}", "run.progress=false", f"run.precision={args.precision}", "train.pretrained=false",
-            f"data.cache_dir={args.cache_dir}", *args.set]
-    if args.data:
-        base.append(f"data.path={args.data}")
-    if args.size:
-        base.append(f"data.size={args.size}")
-    if args.batch:
-        base.append(f"train.optim.batch_size={args.batch}")
+    base = [*base_overrides(args, out), f"run.precision={args.precision}", "train.pretrained=false"]
     preset = load_config(args.preset, base)
     layers = ",".join(str(x) for x in preset.train.mgacr.layers)
     return {"plain": load_config(args.preset, [*base, *PLAIN]),
@@ -54,31 +45,14 @@ def configs(args: argparse.Namespace, out: Path) -> dict[str, Config]:
             "MGACR, all four layers": load_config(args.preset, [*base, "train.mgacr.layers=[1,2,3,4]"])}
 
 
-def timed_steps(task: SupervisedTask, batches: list[Batch], opt: torch.optim.Optimizer, steps: int) -> float:
-    """Seconds for ``steps`` training steps of ``task`` on ``batches`` (cycled)."""
-    g = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        with task.rt.autocast():
-            losses = task.training_step(batches[i % len(batches)], g)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
-    if task.rt.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def build(cfg: Config, data: PreparedData) -> tuple[SupervisedTask, torch.optim.Optimizer]:
     """The row's task (networks on the device, training mode) and an SGD optimizer over its parameters."""
     rt = runtime_for(cfg)
     task = SupervisedTask(cfg, data.train, data.val, rt, data.manifest.classes, data.manifest.task)
     task.epoch_step = 10**9  # past the epoch's gradient-norm steps: the diagnostic is timed on its own
-    params = []
     for m in task.modules().values():
         m.to(rt.device).to(memory_format=rt.memory_format).train()
-        params += list(m.parameters())
-    return task, torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    return task, sgd(task.modules().values())
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
@@ -91,20 +65,14 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     batch = min(first.train.optim.batch_size, len(data.train))
     batches = list(data.train.iterate(batch, shuffle=True, seed=0, drop_last=True))[:max(1, args.steps)]
     rows = {name: build(cfg, data) for name, cfg in cfgs.items()}
-    for task, opt in rows.values():  # warm-up (oneDNN primitive caches, allocator)
-        timed_steps(task, batches, opt, args.warmup)
-    rounds: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(args.rounds):
-        for name, (task, opt) in rows.items():
-            rounds[name].append(args.steps * batch / timed_steps(task, batches, opt, args.steps))
-    rates = {name: statistics.median(r) for name, r in rounds.items()}
-    preset_name = list(rows)[1]
-    task, opt = rows[preset_name]
+    rates = interleaved_rates({name: partial(timed_steps, task.rt, task.training_step, opt, batches)
+                               for name, (task, opt) in rows.items()}, args, batch)
+    task, opt = rows[list(rows)[1]]  # the preset's MGACR
     gn_steps = task.tcfg.mgacr.grad_norm_steps
     task.epoch_step = 0  # a step that measures the gradient norms (as the first steps of every epoch do)
-    gn = timed_steps(task, batches[:1], opt, 1)
+    gn = timed_steps(task.rt, task.training_step, opt, batches[:1], 1)
     task.epoch_step = 10**9
-    no_gn = timed_steps(task, batches[:1], opt, 1)
+    no_gn = timed_steps(task.rt, task.training_step, opt, batches[:1], 1)
     return {"rates": rates, "batch": batch, "size": first.data.size, "autocast": task.rt.dtype,
             "gn_step_seconds": gn, "step_seconds": no_gn, "grad_norm_steps": gn_steps,
             "steps_per_epoch": task.steps_per_epoch()}
@@ -112,24 +80,16 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="siim-128-cpu")
-    p.add_argument("--data", default="", help="data.path (default: the preset's)")
-    p.add_argument("--size", type=int, default=0, help="data.size (default: the preset's)")
-    p.add_argument("--batch", type=int, default=0, help="train.optim.batch_size (default: the preset's)")
-    p.add_argument("--steps", type=int, default=6, help="timed steps per row and round")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each row's median is reported")
-    p.add_argument("--warmup", type=int, default=2)
+    add_step_options(p)
     p.add_argument("--precision", default="auto")
-    p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "dp-bench-cache"))
-    p.add_argument("--set", nargs="*", default=[], help="more config overrides for every row")
     return p.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load0 = load_average()
     r = measure(args)
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load1 = load_average()
     rates: dict[str, float] = r["rates"]  # type: ignore[assignment]
     print(machine_line(r["autocast"], f"{r['size']} px, batch {r['batch']}, {args.steps} steps x {args.rounds} "
                        f"interleaved rounds (median) after {args.warmup}; preset {args.preset}; load average "

@@ -20,17 +20,15 @@ parity); what a smaller side does to the score needs training runs (docs/benchma
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
-import torch
-from _table import machine_line  # benchmarks/_table.py (the script's own folder is on sys.path)
+from _step import add_step_options, base_overrides, interleaved_rates, load_average, sgd, timed_steps
+from _table import machine_line  # benchmarks/_step.py, _table.py (the script's own folder is on sys.path)
 
 from deeppneumonia.config import load_config
-from deeppneumonia.data.batches import Batch, resize_batch
+from deeppneumonia.data.batches import resize_batch
 from deeppneumonia.training.loop import _wrap
 from deeppneumonia.training.pipeline import prepare_data, runtime_for
 from deeppneumonia.training.supervised import SupervisedTask
@@ -54,13 +52,7 @@ def rows_of(args: argparse.Namespace) -> list[tuple[str, list[str], int]]:
 def measure(args: argparse.Namespace) -> dict[str, object]:
     """Images/s of each row (median over interleaved rounds) and the run's facts."""
     out = Path(tempfile.mkdtemp())
-    base = [f"run.out_dir={out}", "run.progress=false", f"data.cache_dir={args.cache_dir}", *PLAIN, *args.set]
-    if args.data:
-        base.append(f"data.path={args.data}")
-    if args.size:
-        base.append(f"data.size={args.size}")
-    if args.batch:
-        base.append(f"train.optim.batch_size={args.batch}")
+    base = [*base_overrides(args, out), *PLAIN]
     first = load_config(args.preset, base)
     data = prepare_data(first, progress=False)
     full = first.data.size
@@ -76,54 +68,28 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         for m in mods.values():
             m.to(rt.device).to(memory_format=rt.memory_format).train()
         step = _wrap(task, mods, rt, sync_bn=False, compile=cfg.run.compile)
-        opt = torch.optim.SGD([p for m in mods.values() for p in m.parameters()], lr=1e-3, momentum=0.9)
+        opt = sgd(mods.values())
         side = max(32, full - 32 * k) if k else full
         own = [resize_batch(b, side) for b in batches]
         built.append((name, side, rt, step, opt, own))
 
-    def timed(rt, step, opt, own: list[Batch], n: int) -> float:  # type: ignore[no-untyped-def]
-        g = torch.Generator().manual_seed(0)
-        t0 = time.perf_counter()
-        for i in range(n):
-            with rt.autocast():
-                losses = step(own[i % len(own)], g)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    for _, _, rt, step, opt, own in built:
-        timed(rt, step, opt, own, args.warmup)
-    rounds: dict[str, list[float]] = {b[0]: [] for b in built}
-    for _ in range(args.rounds):
-        for name, _, rt, step, opt, own in built:
-            rounds[name].append(args.steps * batch / timed(rt, step, opt, own, args.steps))
-    return {"rates": {name: statistics.median(r) for name, r in rounds.items()},
-            "sides": {b[0]: b[1] for b in built}, "batch": batch, "size": full}
+    rates = interleaved_rates({name: partial(timed_steps, rt, step, opt, own)
+                               for name, _, rt, step, opt, own in built}, args, batch)
+    return {"rates": rates, "sides": {b[0]: b[1] for b in built}, "batch": batch, "size": full}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="siim-128-cpu")
-    p.add_argument("--data", default="", help="data.path (default: the preset's)")
-    p.add_argument("--size", type=int, default=0, help="data.size (default: the preset's)")
-    p.add_argument("--batch", type=int, default=0, help="train.optim.batch_size (default: the preset's)")
-    p.add_argument("--steps", type=int, default=6, help="timed steps per row and round")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each row's median is reported")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (compilation happens here)")
+    add_step_options(p)
     p.add_argument("--compile", action="store_true", help="add the torch.compile row (slow to compile on a CPU)")
-    p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "dp-bench-cache"))
-    p.add_argument("--set", nargs="*", default=[], help="more config overrides for every row")
     return p.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load0 = load_average()
     r = measure(args)
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load1 = load_average()
     rates: dict[str, float] = r["rates"]  # type: ignore[assignment]
     sides: dict[str, int] = r["sides"]  # type: ignore[assignment]
     print(machine_line("per row", f"plain Stage II step, batch {r['batch']}, preset {args.preset}, {args.steps} steps x "
