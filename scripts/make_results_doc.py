@@ -40,21 +40,21 @@ def main() -> None:
     parts = [args.intro.read_text() if args.intro.is_file() else "# Results\n"]
     for path in args.ablation:
         s = json.loads(path.read_text())
-        cmd = f"deeppneumonia ablate -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " + \
-              " ".join(dict.fromkeys(s["overrides"]))
-        parts += [f"\n## Table I (ablation): {s['data']}\n", ablation_markdown(s, cmd.strip())]
+        cmd = s.get("command") or (f"deeppneumonia ablate -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} "
+                                    f"--out {path.parent} " + " ".join(dict.fromkeys(s["overrides"])))
+        parts += [f"\n## Table I (ablation, `{s['preset']}`): {s['data']}\n", ablation_markdown(s, cmd.strip())]
     ablations = {json.loads(p.read_text())["data"]: p for p in args.ablation}
     for path in args.comparison:
         s = json.loads(path.read_text())
-        cmd = _compare_command(s, path, ablations)
+        cmd = s.get("command") or _compare_command(s, path, ablations)
         if s.get("previous"):  # rows reused from an earlier run: show the command that made them first
             first = Path(s["previous"])
             cmd = f"{_compare_command(json.loads(first.read_text()), first, ablations)}`, then `{cmd}"
         parts += [f"\n## Table II (comparison): {s['data']}\n", comparison_markdown(s, cmd)]
     for path in args.multilabel:
         s = json.loads(path.read_text())
-        cmd = f"deeppneumonia multilabel -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} --out {path.parent} " \
-              + " ".join(dict.fromkeys(s["overrides"]))
+        cmd = s.get("command") or (f"deeppneumonia multilabel -c {s['preset']} --seeds {' '.join(map(str, s['seeds']))} "
+                                    f"--out {path.parent} " + " ".join(dict.fromkeys(s["overrides"])))
         parts += [f"\n## Multi-label: CAN against the sigmoid baseline, {s['data']}\n", multilabel_markdown(s, cmd.strip())]
     for path in args.section:  # one heading level down: the section sits under this page's title
         text = path.read_text()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,3 +64,25 @@ def test_bf16_parity_reports_a_small_difference(tmp_path: Path) -> None:
                           "--data", str(tmp_path / "imgs")], check=True, capture_output=True, text=True).stdout
     assert out.startswith("6 images: max |prob diff| ")
     assert float(out.split("max |prob diff| ")[1].split(",")[0]) < 0.05
+
+
+def test_results_doc_quotes_the_command_a_study_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`deeppneumonia ablate` stores its command line in ablation.json; make_results_doc.py quotes it verbatim."""
+    from deeppneumonia.cli.studies import _publish
+
+    row = {"seed": 0, "accuracy": 0.6, "macro_f1": 0.3, "study_map": 0.42, "train_minutes": 1.0}
+    summary = {"preset": "siim-128-cpu", "overrides": ["data.path=x"], "seeds": [0], "data": "x", "test_images": 9,
+               "test_patients": 5, "hardware": {"device": "CPU", "torch": "2"}, "paired": {},
+               "results": {"ResNet18": [row]}}
+    argv = ["deeppneumonia", "-q", "ablate", "-c", "siim-128-cpu", "--rows", "1", "--record", "results/t1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    _publish(tmp_path, "table1.md", "table", summary, "ablation.json")
+    stored = json.loads((tmp_path / "ablation.json").read_text())
+    assert stored["command"] == "deeppneumonia -q ablate -c siim-128-cpu --rows 1 --record results/t1"
+    out = tmp_path / "results.md"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_results_doc.py"), "--ablation",
+                    str(tmp_path / "ablation.json"), "--intro", str(tmp_path / "none.md"), "--discussion",
+                    str(tmp_path / "none.md"), "--out", str(out)], check=True, capture_output=True)
+    text = out.read_text()
+    assert "Command: `deeppneumonia -q ablate -c siim-128-cpu --rows 1 --record results/t1`" in text
+    assert "## Table I (ablation, `siim-128-cpu`): x" in text and "| 0.420" in text.split("| ResNet18 |")[1].splitlines()[0]

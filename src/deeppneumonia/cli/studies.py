@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from deeppneumonia.cli.common import add_config_args, command_line
 from deeppneumonia.errors import ConfigError
@@ -14,8 +15,12 @@ def _study_overrides(args: argparse.Namespace) -> list[str]:
     return list(args.overrides) + (["run.progress=false"] if args.quiet else [])
 
 
-def _publish(out: Path, name: str, table: str) -> int:
-    """Write a study's markdown table beside its JSON and print it."""
+def _publish(out: Path, name: str, table: str, summary: dict[str, Any] | None = None, json_name: str = "") -> int:
+    """Write a study's markdown table beside its JSON and print it; with ``summary``, rewrite ``json_name`` with
+    the command that made it (``"command"``, which scripts/make_results_doc.py quotes)."""
+    if summary is not None:
+        summary["command"] = command_line()
+        (out / json_name).write_text(json.dumps(summary, indent=1, default=float))
     (out / name).write_text(table)
     print(table)
     return 0
@@ -28,7 +33,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = run_ablation(args.config, _study_overrides(args), args.seeds, out, args.rows, args.record)
-    return _publish(out, "table1.md", ablation_markdown(summary, command_line()))
+    return _publish(out, "table1.md", ablation_markdown(summary, command_line()), summary, "ablation.json")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -47,7 +52,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ablation = json.loads(args.ablation.read_text()) if args.ablation else None
     summary = run_comparison(args.config, _study_overrides(args), args.seeds, out, ablation, deep=not args.no_deep,
                              previous=args.previous)
-    return _publish(out, "table2.md", comparison_markdown(summary, command_line()))
+    return _publish(out, "table2.md", comparison_markdown(summary, command_line()), summary, "comparison.json")
 
 
 def cmd_multilabel(args: argparse.Namespace) -> int:
@@ -56,7 +61,7 @@ def cmd_multilabel(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     summary = run_multilabel_comparison(args.config, _study_overrides(args), args.seeds, out, args.n_boot)
-    return _publish(out, "multilabel.md", multilabel_markdown(summary, command_line()))
+    return _publish(out, "multilabel.md", multilabel_markdown(summary, command_line()), summary, "multilabel.json")
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
