@@ -63,3 +63,12 @@ def test_step_levers_smoke(tmp_path: Path) -> None:
     r = mod.measure(args)
     assert list(r["sides"].values()) == [64, 64, 64, 32, 32]  # side - 32 and side - 64, never below 32
     assert all(v > 0 for v in r["rates"].values())
+
+
+def test_serve_costs_smoke() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("fastapi")
+    mod = load_benchmark("serve_costs")
+    rows = mod.measure(mod.parse_args(["--image-size", "96", "--size", "32", "--batch", "2", "--runs", "2"]))
+    assert [r[0] for r in rows][:3] == ["multipart parse", "decode", "preprocess"]
+    assert len(rows) == 5 and all(wall > 0 and core >= wall for _, wall, core in rows)
