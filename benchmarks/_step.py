@@ -12,7 +12,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,15 @@ def add_step_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=0, help="train.optim.batch_size (default: the preset's)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per row and round")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each row's median is reported")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (compilation happens here)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (a compiled row compiles here)")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "dp-bench-cache"))
     p.add_argument("--set", nargs="*", default=[], help="more config overrides for every row")
 
 
-def base_overrides(args: argparse.Namespace, out: Path) -> list[str]:
-    """Config overrides of every row: a scratch run folder, no progress bars, the cache, data, size and batch."""
-    base = [f"run.out_dir={out}", "run.progress=false", f"data.cache_dir={args.cache_dir}", *args.set]
+def base_overrides(args: argparse.Namespace, out: Path, fixed: Sequence[str] = ()) -> list[str]:
+    """Config overrides of every row: a scratch run folder, no progress bars, the cache, the benchmark's ``fixed``
+    settings, then the user's ``--set`` (which win over all of these), data, size and batch."""
+    base = [f"run.out_dir={out}", "run.progress=false", f"data.cache_dir={args.cache_dir}", *fixed, *args.set]
     if args.data:
         base.append(f"data.path={args.data}")
     if args.size:

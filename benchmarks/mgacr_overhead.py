@@ -37,7 +37,7 @@ PLAIN = ["train.mgacr.attention=false", "train.mgacr.feature=false", "train.loss
 
 def configs(args: argparse.Namespace, out: Path) -> dict[str, Config]:
     """The rows' configs: the preset with this run's data, size, batch and precision; diagnostics off."""
-    base = [*base_overrides(args, out), f"run.precision={args.precision}", "train.pretrained=false"]
+    base = base_overrides(args, out, [f"run.precision={args.precision}", "train.pretrained=false"])
     preset = load_config(args.preset, base)
     layers = ",".join(str(x) for x in preset.train.mgacr.layers)
     return {"plain": load_config(args.preset, [*base, *PLAIN]),

@@ -11,7 +11,8 @@ times the stages an upload passes through, one at a time, so their sum can be se
   ONNX Runtime int8 (QDQ, calibrated on random inputs: fine for time, not for accuracy), with ``--threads``.
 
 Single-threaded stages report their wall time; the forward passes report wall time and core-milliseconds (wall x
-threads, an upper bound). The last line is the rate the stages alone would allow on all cores. The load average
+threads, an upper bound). The last line is the rate the stages alone would allow on all cores: compare it with
+``serve_load.py``'s rows *without* the overlay (``heatmap=false``; the overlay PNG is not timed here). The load average
 is printed; above 0.5 per core the headline is marked BUSY MACHINE.
 
 Usage: python benchmarks/serve_costs.py [--image-size 1024] [--size 224] [--batch 16] [--threads 2] [--runs 20]
@@ -42,11 +43,15 @@ from deeppneumonia.serve.app import multipart_parts
 
 def measure(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """(stage, wall ms per image, core-ms per image) of each stage."""
+    with tempfile.TemporaryDirectory() as folder:
+        return _measure(args, Path(folder))
+
+
+def _measure(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, float]]:
     torch.set_num_threads(args.threads)
     png = synthetic_png(args.image_size)
     body = (b'--bound\r\nContent-Disposition: form-data; name="file"; filename="scan.png"\r\n'
             b"Content-Type: image/png\r\n\r\n" + png + b"\r\n--bound--\r\n")
-    tmp = Path(tempfile.mkdtemp())
     ckpt = make_checkpoint(tmp / "model.safetensors", args.size)
     export_onnx(ckpt, tmp / "model.onnx", with_features=True)
     calib = np.random.default_rng(0).standard_normal((8, 1, args.size, args.size), dtype=np.float32)

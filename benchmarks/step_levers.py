@@ -52,7 +52,7 @@ def rows_of(args: argparse.Namespace) -> list[tuple[str, list[str], int]]:
 def measure(args: argparse.Namespace) -> dict[str, object]:
     """Images/s of each row (median over interleaved rounds) and the run's facts."""
     out = Path(tempfile.mkdtemp())
-    base = [*base_overrides(args, out), *PLAIN]
+    base = base_overrides(args, out, PLAIN)
     first = load_config(args.preset, base)
     data = prepare_data(first, progress=False)
     full = first.data.size

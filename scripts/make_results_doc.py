@@ -49,7 +49,8 @@ def main() -> None:
         cmd = s.get("command") or _compare_command(s, path, ablations)
         if s.get("previous"):  # rows reused from an earlier run: show the command that made them first
             first = Path(s["previous"])
-            cmd = f"{_compare_command(json.loads(first.read_text()), first, ablations)}`, then `{cmd}"
+            fs = json.loads(first.read_text())
+            cmd = f"{fs.get('command') or _compare_command(fs, first, ablations)}`, then `{cmd}"
         parts += [f"\n## Table II (comparison): {s['data']}\n", comparison_markdown(s, cmd)]
     for path in args.multilabel:
         s = json.loads(path.read_text())

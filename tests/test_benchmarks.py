@@ -68,6 +68,7 @@ def test_step_levers_smoke(tmp_path: Path) -> None:
 def test_serve_costs_smoke() -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")  # serve_load.py, whose synthetic upload this script reuses
     mod = load_benchmark("serve_costs")
     rows = mod.measure(mod.parse_args(["--image-size", "96", "--size", "32", "--batch", "2", "--runs", "2"]))
     assert [r[0] for r in rows][:3] == ["multipart parse", "decode", "preprocess"]

@@ -67,6 +67,7 @@ def print_json(title: str, data: object) -> None:
 
 def command_line() -> str:
     """How this process was invoked, as a reader would retype it (recorded in the study tables)."""
+    import shlex
     import sys
 
-    return "deeppneumonia " + " ".join(sys.argv[1:])
+    return "deeppneumonia " + shlex.join(sys.argv[1:])
