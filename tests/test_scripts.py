@@ -86,3 +86,24 @@ def test_results_doc_quotes_the_command_a_study_recorded(tmp_path: Path, monkeyp
     text = out.read_text()
     assert "Command: `deeppneumonia -q ablate -c siim-128-cpu --rows 1 --record results/t1`" in text
     assert "## Table I (ablation, `siim-128-cpu`): x" in text and "| 0.420" in text.split("| ResNet18 |")[1].splitlines()[0]
+
+
+def test_last_epoch_test_equals_the_kept_model_when_the_last_epoch_is_kept(tmp_path: Path) -> None:
+    import numpy as np
+
+    from deeppneumonia.config import load_config
+    from deeppneumonia.training.pipeline import run_train
+    from tests.conftest import make_lesion_csv
+
+    csv_path = make_lesion_csv(tmp_path / "d", n=40, size=32)
+    run = tmp_path / "run"
+    run_train(load_config(None, [
+        f"data.path={csv_path}", "data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "data.val_fraction=0.25",
+        "data.test_fraction=0.25", "train.pretrained=false", "train.optim.epochs=2", "train.optim.batch_size=8",
+        "train.optim.warmup_epochs=0", "train.best_metric=last", f"run.out_dir={run}", "run.progress=false",
+        "run.precision=fp32"]))
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "last_epoch_test.py"), str(run), "--out",
+                          str(tmp_path / "last"), "--names", "r"], check=True, capture_output=True, text=True).stdout
+    assert out.startswith("r: last epoch 2, study_map ")
+    kept, last = np.load(run / "test_predictions.npz"), np.load(tmp_path / "last" / "r.npz")
+    assert np.allclose(kept["probs"], last["probs"], atol=1e-6) and (kept["image_id"] == last["image_id"]).all()
