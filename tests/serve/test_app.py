@@ -23,7 +23,8 @@ pytest.importorskip("httpx")
 pytest.importorskip("pytorch_grad_cam")
 from fastapi.testclient import TestClient
 
-from deeppneumonia.serve.app import SecurityHeaders, create_app
+from deeppneumonia.serve.app import create_app
+from deeppneumonia.serve.middleware import SecurityHeaders
 
 UPLOAD_MB = 1.0
 LIMIT = int(UPLOAD_MB * 1024 * 1024)

@@ -44,13 +44,13 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deeppneumonia import __version__
 from deeppneumonia.data.imageio import MAX_SIDE
 from deeppneumonia.errors import ImageReadError, ImageTooLargeError, NotAnImageError, UnsupportedTransferSyntaxError
 from deeppneumonia.inference.files import load_predictor
 from deeppneumonia.serve.analysis import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Analyzer, Prepared
+from deeppneumonia.serve.middleware import SecurityHeaders
 
 log = logging.getLogger(__name__)
 
@@ -418,35 +418,6 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
                 "errors": sum(1 for r in results if r["status"] != 200), "results": results}
 
     return app
-
-
-class SecurityHeaders:
-    """ASGI middleware: add nosniff, no-referrer and no-store headers to each response that does not set them.
-
-    A plain ASGI wrapper, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware re-streams every
-    request body through an extra task and queue (about 5 % of the Python samples of a py-spy profile of
-    ``benchmarks/serve_load.py``; no throughput change was measurable above that benchmark's noise).
-    """
-
-    HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-               (b"cache-control", b"no-store"))
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {k.lower() for k, _ in headers}
-                message = {**message, "headers": headers + [(k, v) for k, v in self.HEADERS if k not in present]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def _is_loopback(host: str) -> bool:
