@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
     prepared: dict[str, PreparedData] = {}
     autocast: object = None
-    for preset in recipes:
-        for model in args.models:
-            for seed in args.seeds:
+    for seed in args.seeds:  # seed-major, recipes interleaved: a load change hits both recipes alike
+        for preset in recipes:
+            for model in args.models:
                 cfg = make_config(args, preset, model, seed)
                 key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
                 if key not in prepared:

@@ -1,6 +1,7 @@
 """Metric maths of the evaluation: numpy arrays in, plain JSON-serialisable dicts out (no model code here).
 
-scikit-learn does the maths. Two target layouts are supported:
+The per-class scores come from :mod:`deeppneumonia.evaluation.scores` (numpy, tested equal to scikit-learn's).
+Two target layouts are supported:
 
 * multiclass: ``probs`` (N, C) softmax probabilities, ``targets`` (N, C) one-hot (float); prediction = argmax.
 * multilabel: ``probs`` (N, C) sigmoid probabilities, ``targets`` (N, C) with 1 / 0 and NaN = unknown; an unknown
@@ -22,15 +23,8 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+
+from deeppneumonia.evaluation.scores import confusion, multiclass_counts, ovr_auroc_ap, prf_from_counts
 
 ECE_BINS = 15
 """Equal-width confidence bins of the expected calibration error (Guo et al., 2017)."""
@@ -129,29 +123,6 @@ def first_appearance_codes(keys: Sequence[Hashable]) -> tuple[np.ndarray, list[A
 # ----------------------------------------------------------------------------------------------------------------
 # shared maths
 # ----------------------------------------------------------------------------------------------------------------
-def _ovr_auroc_ap(p: np.ndarray, truth: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class one-vs-rest AUROC and average precision, each (C,), NaN for classes lacking positives or negatives.
-
-    Args:
-        p: (N, C) scores. truth: (N, C) bool positives. known: (N, C) bool, False = masked out for that class.
-    """
-    c = p.shape[1]
-    auroc, ap = np.full(c, NAN), np.full(c, NAN)
-    n_pos = (truth & known).sum(axis=0)
-    defined = (n_pos > 0) & (n_pos < known.sum(axis=0))
-    complete = np.flatnonzero(defined & known.all(axis=0))
-    if complete.size >= 2:  # one sklearn call for all fully known columns (multilabel-indicator input, average=None)
-        y = truth[:, complete].astype(np.int64)
-        auroc[complete] = roc_auc_score(y, p[:, complete], average=None)
-        ap[complete] = average_precision_score(y, p[:, complete], average=None)
-    single = np.flatnonzero(defined) if complete.size < 2 else np.flatnonzero(defined & ~known.all(axis=0))
-    for k in single:
-        m = known[:, k]
-        auroc[k] = roc_auc_score(truth[m, k], p[m, k])
-        ap[k] = average_precision_score(truth[m, k], p[m, k])
-    return auroc, ap
-
-
 def _calibration_inputs(p: np.ndarray, t: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
     """(confidence (M,), outcome (M,)) for calibration.
 
@@ -193,48 +164,35 @@ def _multiclass_scalars(p: np.ndarray, labels: np.ndarray,
     c = p.shape[1]
     if labels.size == 0:
         return dict.fromkeys(("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "map"), NAN)
-    pred = p.argmax(axis=1)
     if auroc_ap is None:
         truth = labels[:, None] == np.arange(c)
-        auroc_ap = _ovr_auroc_ap(p, truth, np.ones_like(truth))
+        auroc_ap = ovr_auroc_ap(p, truth, np.ones_like(truth))
     auroc, ap = auroc_ap
-    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected on small sets
-        warnings.simplefilter("ignore")
-        return {"accuracy": float(accuracy_score(labels, pred)),
-                "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
-                "macro_f1": float(f1_score(labels, pred, labels=list(range(c)), average="macro", zero_division=0)),
-                "auroc_macro": _nanmean(auroc),
-                "map": _nanmean(ap)}
+    counts = multiclass_counts(confusion(labels, p.argmax(axis=1), c))
+    return {"accuracy": float(counts["accuracy"]), "balanced_accuracy": float(counts["balanced_accuracy"]),
+            "macro_f1": float(np.mean(counts["f1"])), "auroc_macro": _nanmean(auroc), "map": _nanmean(ap)}
 
 
 def _multilabel_prf(p: np.ndarray, truth: np.ndarray, known: np.ndarray,
                     thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-class (precision, recall, f1, support), each (C,); NaN (support 0) for classes with no known target.
 
-    Unknown pairs are set to target 0 and prediction 0: they become true negatives, which precision, recall and F1
-    never use, so one multilabel sklearn call gives the masked per-class values.
+    Unknown (image, class) pairs are left out of that class's counts.
     """
-    c = p.shape[1]
-    y = (truth & known).astype(np.int64)
-    pred = ((p >= thr) & known).astype(np.int64)
-    if p.shape[0] == 0:
-        prec = rec = f1 = np.zeros(c)
-        support = np.zeros(c, dtype=np.int64)
-    elif c == 1:  # a single (N, 1) column would be read as binary labels, not as a multilabel indicator
-        prec, rec, f1, support = precision_recall_fscore_support(y[:, 0], pred[:, 0], average=None, labels=[1],
-                                                                 zero_division=0)
-    else:
-        prec, rec, f1, support = precision_recall_fscore_support(y, pred, average=None, labels=list(range(c)),
-                                                                 zero_division=0)
+    y = truth & known
+    pred = (p >= thr) & known
+    tp = (y & pred).sum(axis=0)
+    support = y.sum(axis=0).astype(np.int64)
+    prec, rec, f1 = prf_from_counts(tp, pred.sum(axis=0) - tp, support - tp)
     none_known = ~known.any(axis=0)
-    prec, rec, f1 = (np.where(none_known, NAN, np.asarray(a, dtype=np.float64)) for a in (prec, rec, f1))
-    return prec, rec, f1, np.asarray(support, dtype=np.int64)
+    prec, rec, f1 = (np.where(none_known, NAN, a) for a in (prec, rec, f1))
+    return prec, rec, f1, support
 
 
 def _multilabel_scalars(p: np.ndarray, t: np.ndarray, thr: np.ndarray) -> dict[str, float]:
     """auroc_macro, map (over classes with known positives and negatives) and macro_f1 (over classes with known data)."""
     truth, known = _multilabel_truth(t)
-    auroc, ap = _ovr_auroc_ap(p, truth, known)
+    auroc, ap = ovr_auroc_ap(p, truth, known)
     f1 = _multilabel_prf(p, truth, known, thr)[2]
     return {"auroc_macro": _nanmean(auroc), "map": _nanmean(ap), "macro_f1": _nanmean(f1)}
 
@@ -279,12 +237,12 @@ def _multiclass_metrics(p: np.ndarray, t: np.ndarray, classes: list[str]) -> dic
     c = p.shape[1]
     labels = _multiclass_labels(t)
     truth = labels[:, None] == np.arange(c)
-    auroc, ap = _ovr_auroc_ap(p, truth, np.ones_like(truth))
+    auroc, ap = ovr_auroc_ap(p, truth, np.ones_like(truth))
     scal = _multiclass_scalars(p, labels, (auroc, ap))
-    pred = p.argmax(axis=1)
     if labels.size:
-        prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(c)), zero_division=0)
-        cm = confusion_matrix(labels, pred, labels=list(range(c)))
+        cm = confusion(labels, p.argmax(axis=1), c)
+        counts = multiclass_counts(cm)
+        prec, rec, f1, support = (np.asarray(counts[k]) for k in ("precision", "recall", "f1", "support"))
     else:
         prec = rec = f1 = np.full(c, NAN)
         support, cm = np.zeros(c, dtype=np.int64), np.zeros((c, c), dtype=np.int64)
@@ -300,7 +258,7 @@ def _multiclass_metrics(p: np.ndarray, t: np.ndarray, classes: list[str]) -> dic
 def _multilabel_metrics(p: np.ndarray, t: np.ndarray, classes: list[str], thr: np.ndarray) -> dict[str, Any]:
     """:func:`classification_metrics` of a multi-label task; unknown (NaN) targets are left out per class."""
     truth, known = _multilabel_truth(t)
-    auroc, ap = _ovr_auroc_ap(p, truth, known)
+    auroc, ap = ovr_auroc_ap(p, truth, known)
     prec, rec, f1, support = _multilabel_prf(p, truth, known, thr)
     n_known = known.sum(axis=0)
     conf, outcome = _calibration_inputs(p, t, multilabel=True)
