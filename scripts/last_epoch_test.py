@@ -21,10 +21,7 @@ import yaml
 
 from deeppneumonia.config import config_from_dict
 from deeppneumonia.errors import CheckpointError
-from deeppneumonia.evaluation.metrics import image_and_study_metrics
-from deeppneumonia.inference.split import predict_split
-from deeppneumonia.training.pipeline import load_model, prepare_data, runtime_for, save_predictions
-from deeppneumonia.transforms.preprocessing import Preprocessing
+from deeppneumonia.training.pipeline import load_model, prepare_data, runtime_for, score_test_part
 
 
 def last_epoch_predictions(run: Path, out: Path) -> dict[str, float]:
@@ -37,12 +34,7 @@ def last_epoch_predictions(run: Path, out: Path) -> dict[str, float]:
     rt = runtime_for(cfg)
     model, meta, _ = load_model(run / "train" / "model.safetensors", rt)
     model.load_state_dict(state["modules"]["model"])
-    multilabel = meta["task"] == "multilabel"
-    probs = predict_split(model.eval(), data.test, rt, Preprocessing.from_config(cfg.data), multilabel)
-    targets = data.test.targets.numpy()
-    recs = [data.manifest.records[int(i)] for i in data.test.indices]
-    save_predictions(out, probs, targets, recs)
-    metrics = image_and_study_metrics(probs, targets, [r.study_id for r in recs], multilabel)
+    metrics = score_test_part(model.eval(), meta["task"] == "multilabel", cfg, data, rt, out)
     return {"epoch": int(state["epoch"]) + 1, **{k: float(v) for k, v in metrics.items() if isinstance(v, float)}}
 
 

@@ -322,12 +322,7 @@ def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
     out: dict[str, Any] = {"images": len(data.test), "patients": len({data.manifest.records[int(i)].patient_id
                                                                        for i in data.test.indices})}
     if len(data.test):
-        probs = predict_split(model, data.test, rt, Preprocessing.from_config(cfg.data), multilabel)
-        targets = data.test.targets.numpy()
-        recs = [data.manifest.records[int(i)] for i in data.test.indices]
-        studies = [r.study_id for r in recs]
-        out.update(image_and_study_metrics(probs, targets, studies, multilabel))
-        save_predictions(run_dir / "test_predictions.npz", probs, targets, recs)
+        out.update(score_test_part(model, multilabel, cfg, data, rt, run_dir / "test_predictions.npz"))
     out["best_epoch"] = meta.get("epoch")
     seconds = logged_seconds(run_dir / "train")  # all epochs, also those of an earlier, resumed invocation
     if seconds is not None:
@@ -337,6 +332,16 @@ def evaluate_test(cfg: Config, data: PreparedData, rt: Runtime, run_dir: Path,
     out = to_jsonable(out)
     write_json(run_dir / "test_metrics.json", out)
     return out
+
+
+def score_test_part(model: torch.nn.Module, multilabel: bool, cfg: Config, data: PreparedData, rt: Runtime,
+                    predictions: Path) -> dict[str, Any]:
+    """Image and study metrics of ``model`` on the test part; its probabilities saved to ``predictions``."""
+    probs = predict_split(model, data.test, rt, Preprocessing.from_config(cfg.data), multilabel)
+    targets = data.test.targets.numpy()
+    recs = [data.manifest.records[int(i)] for i in data.test.indices]
+    save_predictions(predictions, probs, targets, recs)
+    return image_and_study_metrics(probs, targets, [r.study_id for r in recs], multilabel)
 
 
 def save_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, records: list[Any]) -> None:
