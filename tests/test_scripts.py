@@ -107,3 +107,24 @@ def test_last_epoch_test_equals_the_kept_model_when_the_last_epoch_is_kept(tmp_p
     assert out.startswith("r: last epoch 2, study_map ")
     kept, last = np.load(run / "test_predictions.npz"), np.load(tmp_path / "last" / "r.npz")
     assert np.allclose(kept["probs"], last["probs"], atol=1e-6) and (kept["image_id"] == last["image_id"]).all()
+
+
+def test_val_compare_pairs_runs_by_seed_and_reads_validation_only(tmp_path: Path) -> None:
+    def log(path: Path, values: list[float]) -> Path:
+        path.write_text("".join(json.dumps({"epoch": i + 1, "val_study_map": v, "test_study_map": 9.0}) + "\n"
+                                for i, v in enumerate(values)))
+        return path
+
+    a = [log(tmp_path / f"a{s}.jsonl", [0.30, 0.40 + s / 100, 0.42 + s / 100]) for s in range(3)]
+    b = [log(tmp_path / f"b{s}.jsonl", [0.35, 0.38 + s / 100, 0.37 + s / 100]) for s in range(3)]
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "val_compare.py"), "--a", *map(str, a), "--b",
+                          *map(str, b), "--names", "new", "old", "--last", "2"],
+                         check=True, capture_output=True, text=True).stdout
+    assert "| new best | old best |" in out and "Δ last2" in out
+    summary = out.strip().splitlines()[-1]
+    # constant per-seed differences: best +0.040, last +0.050, mean of the last two +0.035, zero-width intervals
+    assert "+0.040 [+0.040, +0.040]" in summary and "+0.050 [+0.050, +0.050]" in summary
+    assert "+0.035 [+0.035, +0.035]" in summary
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "val_compare.py"), "--a", str(a[0]), "--b",
+                          *map(str, b)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "same number" in bad.stderr
