@@ -128,3 +128,32 @@ def test_val_compare_pairs_runs_by_seed_and_reads_validation_only(tmp_path: Path
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "val_compare.py"), "--a", str(a[0]), "--b",
                           *map(str, b)], capture_output=True, text=True)
     assert bad.returncode != 0 and "same number" in bad.stderr
+
+
+def test_mgacr_heads_runner_records_each_run_and_skips_recorded_ones(tmp_path: Path) -> None:
+    # a stand-in for python that logs its arguments and writes what a finished `deeppneumonia train` leaves
+    fake = tmp_path / "fake-python"
+    fake.write_text('#!/usr/bin/env bash\necho "$@" >> "$CALLS"\nfor a in "$@"; do case $a in run.out_dir=*) '
+                    'd=${a#run.out_dir=};; esac; done\nmkdir -p "$d/train"\necho "{}" > "$d/test_metrics.json"\n'
+                    'echo "{}" > "$d/train/metrics.jsonl"\necho x > "$d/test_predictions.npz"\n')
+    fake.chmod(0o755)
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "mgacr_heads.sh").write_text((ROOT / "scripts" / "mgacr_heads.sh").read_text())
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "OUT": str(tmp_path / "runs")}
+
+    def run() -> list[str]:
+        subprocess.run(["bash", str(repo / "scripts" / "mgacr_heads.sh"), "0 1", "plain conv1x1"], check=True, env=env)
+        return (tmp_path / "calls").read_text().splitlines()
+
+    calls = run()
+    assert len(calls) == 4 and all("train -c siim-cpu" in c and "train.loss.kind=ce" in c for c in calls)
+    assert "train.mgacr.attention=false" in calls[0] and "run.seed=0" in calls[0]
+    assert "train.mgacr.head=conv1x1" in calls[1] and "train.mgacr.weight_attention=3" in calls[1]
+    rec = repo / "results" / "mgacr-heads"
+    assert sorted(p.name for p in rec.iterdir())[:3] == ["conv1x1_seed0.json", "conv1x1_seed0.npz",
+                                                          "conv1x1_seed0_metrics.jsonl"]
+    assert len(run()) == 4  # every record exists: nothing is trained again
+    bad = subprocess.run(["bash", str(repo / "scripts" / "mgacr_heads.sh"), "0", "vit"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown arm vit" in bad.stderr
