@@ -50,7 +50,7 @@ def test_yaml_file_and_roundtrip(tmp_path: Path) -> None:
 def test_method_settings_and_their_defaults() -> None:
     cfg = load_config(None)
     m = cfg.train.mgacr
-    assert (m.form, m.head, m.no_box, m.negative_class, m.grad_norm_steps) == ("robust", "cbam", "by_class", None, 2)
+    assert (m.form, m.head, m.no_box, m.negative_class, m.grad_norm_steps) == ("robust", "conv1x1", "by_class", None, 2)
     assert cfg.train.best_metric == "study_map" and cfg.pretrain.select == "last"
     assert cfg.pretrain.augment.blur_sigma is None and cfg.pretrain.augment.crop_scale[0] >= 0.5
     assert load_config("paper").train.mgacr.form == "paper"
@@ -58,10 +58,10 @@ def test_method_settings_and_their_defaults() -> None:
     assert c128.data.size == 128 and c128.train.mgacr.layers == (2, 3) and c128.train.mgacr.form == "robust"
     k128 = load_config("kermany-128-cpu")  # Kermany has one image per study: selection by the image mAP
     assert k128.data.size == 128 and k128.train.best_metric == "map" and k128.pretrain.select == "last"
-    over = load_config(None, ["train.mgacr.form=paper", "train.mgacr.head=conv1x1", "train.mgacr.no_box=zero_mask",
+    over = load_config(None, ["train.mgacr.form=paper", "train.mgacr.head=cbam", "train.mgacr.no_box=zero_mask",
                               "train.mgacr.negative_class=Normal", "pretrain.select=val_loss",
                               "pretrain.augment.blur_sigma=[0.1, 1.5]"])
-    assert over.train.mgacr.head == "conv1x1" and over.pretrain.augment.blur_sigma == (0.1, 1.5)
+    assert over.train.mgacr.head == "cbam" and over.pretrain.augment.blur_sigma == (0.1, 1.5)
     for bad in ("train.mgacr.form=literal", "train.mgacr.head=mlp", "pretrain.select=best"):
         with pytest.raises(ConfigError, match="not one of"):
             load_config(None, [bad])

@@ -114,7 +114,9 @@ class MGACRConfig:
     form: Literal["robust", "paper"] = "robust"
     feature_target: Literal["maps", "masks"] = "maps"  # robust Eq. 5 weighs the features by the detached maps or masks
     reduction: Literal["sample", "batch"] = "sample"  # per-image ratios averaged, or the ratio of the batch means
-    head: Literal["cbam", "conv1x1"] = "cbam"  # paper's CBAM spatial attention, or a 1x1 conv reading all channels
+    # conv1x1 = a 1x1 conv reading all channels (chosen on the SIIM validation split, docs/method.md); cbam = the
+    # paper's CBAM spatial attention (channel max + mean -> 7x7 conv), pinned by the paper and siim-128-cpu presets
+    head: Literal["cbam", "conv1x1"] = "conv1x1"
     layers: tuple[int, ...] = (1, 2, 3, 4)  # residual layers that get an attention head
     weight_attention: float = 1.0  # lambda of L_att_cr against the classification loss
     weight_feature: float = 1.0  # lambda of L_feat_cr
