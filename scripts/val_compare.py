@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
+
+from deeppneumonia.studies.ablation import paired_interval
 
 
 def summaries(path: Path, metric: str, k: int) -> dict[str, float]:
@@ -28,17 +29,6 @@ def summaries(path: Path, metric: str, k: int) -> dict[str, float]:
     if not values:
         raise SystemExit(f"{path}: no val_{metric} in any epoch")
     return {"best": max(values), "last": values[-1], f"last{k}": statistics.mean(values[-k:])}
-
-
-def t_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval of paired differences (NaN bounds with one pair)."""
-    from scipy.stats import t as student_t
-
-    m = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return m, math.nan, math.nan
-    half = float(student_t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return m, m - half, m + half
 
 
 def compare(a: list[Path], b: list[Path], metric: str = "study_map", k: int = 3,
@@ -58,8 +48,9 @@ def compare(a: list[Path], b: list[Path], metric: str = "study_map", k: int = 3,
         lines.append("| " + " | ".join(row) + " |")
     cells = []
     for key in keys:
-        m, lo, hi = t_interval([x[key] - y[key] for x, y in zip(sa, sb, strict=True)])
-        cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        diffs = [x[key] - y[key] for x, y in zip(sa, sb, strict=True)]
+        ci = paired_interval(diffs)  # None with one pair
+        cells.append(f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]" if ci else f"{diffs[0]:+.3f} (one pair)")
     lines.append("| mean Δ (95 % t-interval over pairs) | " + " | ".join([""] * (2 * len(keys))) + " | "
                  + " | ".join(cells) + " |")
     return "\n".join(lines)
