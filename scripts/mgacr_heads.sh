@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# MGACR alone with weights that act, CBAM against 1x1-conv heads, and the plain ResNet18 (issue 16), paired by seed.
-# The `siim-cpu` schedule (128 px, 8 epochs), no Stage I, cross-entropy; MGACR on layers 2-3, robust form,
-# weight 3 on the attention terms and 1 on the feature term. Each finished run's test metrics, test predictions
-# and per-epoch log are copied to results/mgacr-heads/<arm>_seed<S>.{json,npz}, <arm>_seed<S>_metrics.jsonl
-# (commit them); a run whose record exists is skipped, so a later session continues where this one stopped.
+# MGACR with weights that act, paired by seed against the plain ResNet18 (issue 16), and what Stage I and the
+# class-balanced focal loss add to it. The `siim-cpu` schedule (128 px, 8 epochs); MGACR on layers 2-3, robust
+# form, weight 3 on the attention terms and 1 on the feature term. Arms:
+#   plain    no MGACR, no Stage I, cross-entropy
+#   cbam     MGACR with the paper's CBAM heads, no Stage I, cross-entropy
+#   conv1x1  MGACR with 1x1-conv heads, no Stage I, cross-entropy (the `siim-mgacr-cpu` preset)
+#   focal    conv1x1 + the class-balanced focal loss (Eq. 9), no Stage I
+#   stage1   conv1x1 + the seed's Stage I encoder, cross-entropy
+#   full     conv1x1 + the seed's Stage I encoder + the class-balanced focal loss: the paper's full method
+# Stage I (the preset's SimCLR, run.seed=S) is trained once per seed in $OUT/simclr-seed<S> and shared by the
+# stage1 and full arms. Each finished run's test metrics, test predictions and per-epoch log are copied to
+# results/mgacr-heads/<arm>_seed<S>.{json,npz}, <arm>_seed<S>_metrics.jsonl (commit them), Stage I's log to
+# simclr_seed<S>_metrics.jsonl; a run whose record exists is skipped, so a later session continues where this one
+# stopped.
 #
 #   bash scripts/mgacr_heads.sh "0 1 2" "plain cbam conv1x1"     # DATA=../shared/data/siim-covid19 OUT=runs/mgacr-heads
 set -euo pipefail
@@ -16,15 +25,26 @@ for s in $seeds; do
   for arm in $arms; do
     name=${arm}_seed$s; run=$out/$arm-seed$s
     [ -f "$rec/$name.json" ] && continue
+    mgacr=("train.mgacr.layers=[2,3]" train.mgacr.weight_attention=3 train.mgacr.weight_feature=1
+           train.mgacr.head=conv1x1 train.keep_attention_heads=true)
+    simclr=$out/simclr-seed$s; encoder=$simclr/pretrain/encoder.safetensors
     case $arm in
-      plain) extra=(train.mgacr.attention=false train.mgacr.feature=false) ;;
-      cbam|conv1x1) extra=("train.mgacr.layers=[2,3]" train.mgacr.weight_attention=3 train.mgacr.weight_feature=1
-                           train.mgacr.head=$arm train.keep_attention_heads=true) ;;
-      *) echo "unknown arm $arm (plain, cbam, conv1x1)" >&2; exit 2 ;;
+      plain) extra=(train.pretrained=false train.loss.kind=ce train.mgacr.attention=false train.mgacr.feature=false) ;;
+      cbam) extra=(train.pretrained=false train.loss.kind=ce "${mgacr[@]}" train.mgacr.head=cbam) ;;
+      conv1x1) extra=(train.pretrained=false train.loss.kind=ce "${mgacr[@]}") ;;
+      focal) extra=(train.pretrained=false train.loss.kind=cb_focal "${mgacr[@]}") ;;
+      stage1) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=ce "${mgacr[@]}") ;;
+      full) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
+      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full)" >&2; exit 2 ;;
     esac
+    if [[ $arm == stage1 || $arm == full ]] && [ ! -f "$encoder" ]; then
+      "$py" -m deeppneumonia.cli -q pretrain -c siim-cpu "data.path=$data" "run.seed=$s" "run.out_dir=$simclr" \
+        run.progress=false
+      cp "$simclr/pretrain/metrics.jsonl" "$rec/simclr_seed${s}_metrics.jsonl"
+    fi
     if [ ! -f "$run/test_metrics.json" ]; then
       "$py" -m deeppneumonia.cli -q train -c siim-cpu "data.path=$data" "run.seed=$s" "run.out_dir=$run" \
-        run.progress=false train.pretrained=false train.loss.kind=ce "${extra[@]}"
+        run.progress=false "${extra[@]}"
     fi
     cp "$run/train/metrics.jsonl" "$rec/${name}_metrics.jsonl"
     cp "$run/test_predictions.npz" "$rec/$name.npz"

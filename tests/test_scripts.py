@@ -154,6 +154,17 @@ def test_mgacr_heads_runner_records_each_run_and_skips_recorded_ones(tmp_path: P
     assert sorted(p.name for p in rec.iterdir())[:3] == ["conv1x1_seed0.json", "conv1x1_seed0.npz",
                                                           "conv1x1_seed0_metrics.jsonl"]
     assert len(run()) == 4  # every record exists: nothing is trained again
+    # the Stage I arms: one SimCLR run per seed, shared by `stage1` and `full`, its log recorded
+    (tmp_path / "calls").unlink()
+    fake.write_text(fake.read_text() + 'case "$*" in *" pretrain "*) mkdir -p "$d/pretrain"; '
+                    'echo x > "$d/pretrain/encoder.safetensors"; echo "{}" > "$d/pretrain/metrics.jsonl";; esac\n')
+    subprocess.run(["bash", str(repo / "scripts" / "mgacr_heads.sh"), "0", "full stage1"], check=True, env=env)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 3 and "pretrain -c siim-cpu" in calls[0] and "run.seed=0" in calls[0]
+    encoder = f"train.encoder={tmp_path / 'runs' / 'simclr-seed0' / 'pretrain' / 'encoder.safetensors'}"
+    assert encoder in calls[1] and "train.loss.kind=cb_focal" in calls[1] and "train.pretrained=true" in calls[1]
+    assert encoder in calls[2] and "train.loss.kind=ce" in calls[2]
+    assert (rec / "simclr_seed0_metrics.jsonl").exists() and (rec / "stage1_seed0.npz").exists()
     bad = subprocess.run(["bash", str(repo / "scripts" / "mgacr_heads.sh"), "0", "vit"], env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown arm vit" in bad.stderr
