@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -73,3 +74,18 @@ def test_serve_costs_smoke() -> None:
     rows = mod.measure(mod.parse_args(["--image-size", "96", "--size", "32", "--batch", "2", "--runs", "2"]))
     assert [r[0] for r in rows][:3] == ["multipart parse", "decode", "preprocess"]
     assert len(rows) == 5 and all(wall > 0 and core >= wall for _, wall, core in rows)
+
+
+def test_serve_load_interleaves_rounds_against_a_before_version() -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "serve_load.py"), "--image-size", "96", "--size",
+                          "32", "--requests", "3", "--concurrency", "2", "--rounds", "2", "--modes", "without",
+                          "--configs", "before,coalesced", "--before-src", str(root / "src")],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| before") or line.startswith("| coal")]
+    assert [r[1].strip() for r in rows] == ["before", "coalesced"]
+    assert all(r[3].strip() == "0" and float(r[7]) > 0 and float(r[10]) > 0 for r in rows)  # no errors, a rate, CPU
+    assert "throughput against `before`" in out and "coalesced" in out.split("throughput against")[1]
