@@ -248,7 +248,7 @@ def export_int8(checkpoint: str | Path, out: str | Path, calibration: str | Path
     return report
 
 
-def exported_predictor(checkpoint: str | Path) -> OnnxPredictor:
+def exported_predictor(checkpoint: str | Path, spinning: bool = True) -> OnnxPredictor:
     """``checkpoint`` exported to a temporary ONNX file (removed at exit) and loaded with ONNX Runtime."""
     import atexit
     import shutil
@@ -260,6 +260,6 @@ def exported_predictor(checkpoint: str | Path) -> OnnxPredictor:
         export_onnx(checkpoint, folder / "model.onnx", with_features=True)
     except CheckpointError:  # a head without CAM features (IAM's MSA network): logits only
         export_onnx(checkpoint, folder / "model.onnx")
-    pred = OnnxPredictor.from_file(folder / "model.onnx")
+    pred = OnnxPredictor.from_file(folder / "model.onnx", spinning=spinning)
     pred.source, pred.sha256, pred.format = Path(checkpoint), file_sha256(checkpoint), "safetensors (onnxruntime)"
     return pred

@@ -36,23 +36,24 @@ DEFAULT_BATCH_SIZE = 16
 
 
 def load_predictor(path: str | Path, device: str = "auto", runtime: str = "torch",
-                   precision: str = "fp32") -> Predictor | OnnxPredictor:
+                   precision: str = "fp32", spinning: bool = True) -> Predictor | OnnxPredictor:
     """A :class:`~deeppneumonia.inference.predictor.Predictor` for a ``.safetensors`` checkpoint, an
     :class:`OnnxPredictor` for an exported ``.onnx`` (``device`` and ``precision`` apply to PyTorch only: an ONNX
     model runs in the precision it was exported in; ``auto`` leaves it so, ``bf16`` is an error).
 
     With ``runtime="onnxruntime"`` a ``.safetensors`` checkpoint is exported (with features, parity-checked) into
     a temporary folder at load time and run by ONNX Runtime; its identity (file, SHA-256) stays the checkpoint's.
+    ``spinning=False``: ONNX Runtime's threads sleep between parallel sections (see ``onnx.ort_session``).
     """
     if precision not in ("fp32", "auto") and (runtime != "torch" or Path(path).suffix.lower() == ".onnx"):
         raise ConfigError(f"precision {precision}: applies to PyTorch only; an ONNX model runs as exported (fp32, or "
                           "int8 with export --quantize int8)")
     if Path(path).suffix.lower() == ".onnx":
-        return OnnxPredictor.from_file(path)
+        return OnnxPredictor.from_file(path, spinning=spinning)
     if runtime == "onnxruntime":
         from deeppneumonia.inference.export import exported_predictor
 
-        return exported_predictor(path)
+        return exported_predictor(path, spinning)
     if runtime != "torch":
         raise CheckpointError(f"unknown runtime {runtime!r}; choose torch or onnxruntime")
     return Predictor.from_checkpoint(path, device, precision)

@@ -24,14 +24,21 @@ from deeppneumonia.errors import CheckpointError
 from deeppneumonia.inference.predictor import DecisionMixin, file_sha256
 
 
-def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session with all graph optimisations, ``threads`` intra-op threads (default: all)."""
+def ort_session(path: str | Path, threads: int | None = None, spinning: bool = True) -> Any:
+    """An ONNX Runtime CPU session with all graph optimisations, ``threads`` intra-op threads (default: all).
+
+    ``spinning=False`` makes the intra-op threads sleep instead of spin-waiting between parallel sections: for
+    a process whose other threads need the same cores (the service decodes uploads beside the model), where
+    the spinning takes CPU from them (docs/serving.md).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -46,8 +53,9 @@ class OnnxPredictor(DecisionMixin):
     format: str = "onnx"
 
     @classmethod
-    def from_file(cls, path: str | Path, threads: int | None = None) -> OnnxPredictor:
-        """Load ``path`` (.onnx) and its metadata (``path`` with the suffix ``.json``).
+    def from_file(cls, path: str | Path, threads: int | None = None, spinning: bool = True) -> OnnxPredictor:
+        """Load ``path`` (.onnx) and its metadata (``path`` with the suffix ``.json``); ``threads`` and
+        ``spinning`` as in :func:`ort_session`.
 
         Raises:
             CheckpointError: the file or its metadata is missing or unreadable.
@@ -64,7 +72,7 @@ class OnnxPredictor(DecisionMixin):
         if not isinstance(meta, dict) or "classes" not in meta or "task" not in meta:
             raise CheckpointError(f"{meta_path}: not deeppneumonia export metadata (no classes / task)")
         try:
-            session = ort_session(path, threads)
+            session = ort_session(path, threads, spinning)
         except ImportError as exc:
             raise CheckpointError("running an .onnx model needs onnxruntime: pip install onnxruntime") from exc
         except Exception as exc:  # onnxruntime raises its own types for a corrupt graph

@@ -244,7 +244,8 @@ def create_app(checkpoint: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD
     limit = int(max_upload_mb * 1024 * 1024)
     if limit <= 0 or max_pixels <= 0 or max_concurrency <= 0 or max_batch <= 0 or body_timeout <= 0:
         raise ValueError("max_upload_mb, max_pixels, max_concurrency, max_batch and body_timeout must be positive")
-    predictor = load_predictor(checkpoint, device, runtime, precision)
+    # ONNX Runtime's threads sleep between parallel sections: the request threads decode on the same cores
+    predictor = load_predictor(checkpoint, device, runtime, precision, spinning=False)
     if heatmap:
         import importlib.util
 
