@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -168,3 +169,33 @@ def test_mgacr_heads_runner_records_each_run_and_skips_recorded_ones(tmp_path: P
     bad = subprocess.run(["bash", str(repo / "scripts" / "mgacr_heads.sh"), "0", "vit"], env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown arm vit" in bad.stderr
+
+
+def test_int8_parity_run_measures_on_the_runs_test_part(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import yaml
+
+    from deeppneumonia.config import load_config
+    from tests.conftest import make_lesion_csv
+    from tests.serve.helpers import random_checkpoint
+
+    csv = make_lesion_csv(tmp_path / "data", n=40, size=48)
+    run = tmp_path / "run"
+    (run / "train").mkdir(parents=True)
+    cfg = load_config("quick", [f"data.path={csv}", "data.source=auto", "data.size=32",
+                                f"data.cache_dir={tmp_path / 'cache'}"])
+    (run / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict()))))
+    random_checkpoint(run / "train" / "model.safetensors", ("clear", "lesion"), size=32)
+    spec = importlib.util.spec_from_file_location("int8_parity_run", ROOT / "scripts" / "int8_parity_run.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calib, labelled, n_test = mod.link_parts(run, tmp_path / "out", 6)
+    assert len(list(calib.iterdir())) == 6 and n_test > 0
+    linked = sorted(p.name for p in labelled.rglob("*.png"))
+    assert len(linked) == n_test and {p.parent.name for p in labelled.rglob("*.png")} <= {"clear", "lesion"}
+    assert not {p.name for p in calib.iterdir()} & set(linked)  # calibration from training images only
+    assert mod.main(["--run", str(run), "--out", str(tmp_path / "out2"), "--calibration", "6"]) == 0
+    report = json.loads((tmp_path / "out2" / "model.int8.parity.json").read_text())
+    assert 0 <= report["auroc_fp32"] <= 1 and abs(report["auroc_diff"]) < 1  # AUROC measured on the test part
+    assert report["parity_on"] == str(tmp_path / "out2" / "labelled")
