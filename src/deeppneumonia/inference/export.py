@@ -167,18 +167,12 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, ba
 
 
 def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Binary AUROC (Mann-Whitney, ties counted half); NaN without both classes."""
-    pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
+    """Binary AUROC (ties counted half, as scikit-learn's); NaN without both classes."""
+    from deeppneumonia.evaluation.scores import binary_auroc_ap
+
+    if positive.all() or not positive.any():
         return float("nan")
-    order = np.concatenate([pos, neg])
-    ranks = np.empty(len(order))
-    sort = np.argsort(order, kind="mergesort")
-    ranks[sort] = np.arange(1, len(order) + 1)
-    for v in np.unique(order):  # average ranks of ties
-        tie = order == v
-        ranks[tie] = ranks[tie].mean()
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return binary_auroc_ap(scores, positive)[0]
 
 
 def labelled_folder(folder: str | Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
