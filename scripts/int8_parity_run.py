@@ -19,20 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from deeppneumonia.config import load_config
-from deeppneumonia.data.sources import load_source, resolve_data_path
-from deeppneumonia.data.splits import patient_split
 from deeppneumonia.inference.export import export_int8
+from deeppneumonia.training.pipeline import read_and_split
 
 
 def link_parts(run: Path, out: Path, n_calibration: int, seed: int = 0) -> tuple[Path, Path, int]:
     """(calibration folder, labelled folder, test images linked) for the run in ``run``."""
-    cfg = load_config(str(run / "config.yaml"))
-    d = cfg.data
-    manifest = load_source(resolve_data_path(d.path), d.source, strict=d.strict, classes=d.classes,
-                           patient_regex=d.patient_regex)
+    manifest, split = read_and_split(load_config(str(run / "config.yaml")))
     if manifest.task != "multiclass":
         raise SystemExit(f"{run}: a {manifest.task} run; the labelled-folder parity needs one class per image")
-    split = patient_split(manifest, d.val_fraction, d.test_fraction, d.split_seed)
     calib, labelled = out / "calibration", out / "labelled"
     for k in np.random.default_rng(seed).permutation(split.train)[:n_calibration]:
         rec = manifest.records[int(k)]

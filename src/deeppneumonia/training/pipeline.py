@@ -57,6 +57,17 @@ class PreparedData:
     test: CachedSplit
 
 
+def read_and_split(cfg: Config) -> tuple[Manifest, Split]:
+    """The run's data set read from ``data.path`` and its patient split (no cache): the split a run with ``cfg``
+    trains, selects and tests on. DataError when no image is usable."""
+    d = cfg.data
+    manifest = load_source(resolve_data_path(d.path), d.source, strict=d.strict, classes=d.classes,
+                           patient_regex=d.patient_regex)
+    if len(manifest) == 0:
+        raise DataError(f"{d.path}: no usable images (problems: {[str(p) for p in manifest.problems[:5]]})")
+    return manifest, patient_split(manifest, d.val_fraction, d.test_fraction, d.split_seed)
+
+
 def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     """Read the source, split by patient, and open (or build) the cache.
 
@@ -66,15 +77,11 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     distributed.setup(cfg.run.device)
     check_device(distributed.device_for(cfg.run.device))  # a missing GPU is said now, not after an epoch
     d = cfg.data
-    manifest = load_source(resolve_data_path(d.path), d.source, strict=d.strict, classes=d.classes,
-                           patient_regex=d.patient_regex)
-    if len(manifest) == 0:
-        raise DataError(f"{d.path}: no usable images (problems: {[str(p) for p in manifest.problems[:5]]})")
+    manifest, split = read_and_split(cfg)
     skipped = [p for p in manifest.problems if p.severity == "error"]
     if skipped:
         log.warning("%d row(s)/file(s) skipped while reading %s; `deeppneumonia data inspect` lists them",
                     len(skipped), d.path)
-    split = patient_split(manifest, d.val_fraction, d.test_fraction, d.split_seed)
     check_training_data(manifest, split, d.path)
     with distributed.main_first(local=True):
         cache = build_cache(manifest, d.size, d.cache_dir, d.resize, progress=progress and distributed.is_main())
