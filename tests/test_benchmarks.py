@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,29 @@ def test_serve_load_interleaves_rounds_against_a_before_version() -> None:
     assert [r[1].strip() for r in rows] == ["before", "coalesced"]
     assert all(r[3].strip() == "0" and float(r[7]) > 0 and float(r[10]) > 0 for r in rows)  # no errors, a rate, CPU
     assert "throughput against `before`" in out and "coalesced" in out.split("throughput against")[1]
+
+
+def test_time_to_accuracy_smoke_records_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = load_benchmark("time_to_accuracy")
+    csv_path = make_lesion_csv(tmp_path / "data", n=24, size=32)
+    argv = ["--data", str(csv_path), "--current", "quick-boxes", "--improved", "quick-boxes", "--improved-set",
+            "train.optim.resize_from=32", "--models", "plain", "mgacr", "--seeds", "0", "--size", "64", "--epochs",
+            "2", "--metric", "map", "--target", "0.0", "--cache-dir", str(tmp_path / "cache"), "--out",
+            str(tmp_path / "out"), "--record", str(tmp_path / "rec"), "--set", "data.val_fraction=0.25",
+            "data.test_fraction=0.25", "data.source=auto", "train.mgacr.grad_norm_steps=0"]
+    s = mod.main(argv)
+    rows = {(r["recipe"], r["model"]): r for r in s["rows"]}
+    assert set(rows) == {(c, m) for c in ("quick-boxes", "quick-boxes train.optim.resize_from=32")
+                         for m in ("plain", "mgacr")}
+    assert all(r["to_target"][0]["epoch"] == 1 for r in rows.values())  # target 0: the first epoch reaches it
+    assert s["reference_minutes"] > 0
+    for name in ("current_plain_seed0", "improved_mgacr_seed0"):
+        assert (tmp_path / "rec" / f"{name}.json").is_file() and (tmp_path / "rec" / f"{name}_metrics.jsonl").is_file()
+    # the mgacr model trains the MGACR terms, the plain one none
+    mg = [json.loads(x) for x in (tmp_path / "rec" / "current_mgacr_seed0_metrics.jsonl").read_text().splitlines()]
+    pl = [json.loads(x) for x in (tmp_path / "rec" / "current_plain_seed0_metrics.jsonl").read_text().splitlines()]
+    assert "train_att_pos" in mg[0] and "train_att_pos" not in pl[0]
+    # a rerun reads every run back from its record and trains nothing
+    monkeypatch.setattr(mod, "one_run", lambda *a: pytest.fail("a recorded run was trained again"))
+    again = mod.main(argv)
+    assert [r["final_val"] for r in again["rows"]] == [r["final_val"] for r in s["rows"]]
