@@ -82,10 +82,6 @@ def make_config(args: argparse.Namespace, recipe: str, model: str, seed: int) ->
     return load_config(preset, [*over, *MODELS[model], *args.set, *extra])
 
 
-def read_log(stage_dir: Path) -> list[dict[str, Any]]:
-    return read_log_file(stage_dir / "metrics.jsonl")
-
-
 def one_run(cfg: Config, data: PreparedData) -> dict[str, Any]:
     run = Path(cfg.run.out_dir)
     if cfg.train.pretrained:
@@ -93,7 +89,7 @@ def one_run(cfg: Config, data: PreparedData) -> dict[str, Any]:
     test = run_train(cfg, data)
     bs = min(cfg.train.optim.batch_size, len(data.train))
     pre_bs = min(cfg.pretrain.optim.batch_size, len(data.train))
-    return {"log": read_log(run / "train"), "stage1_seconds": (logged_seconds(run / "pretrain") or 0.0)
+    return {"log": read_log(run / "train" / "metrics.jsonl"), "stage1_seconds": (logged_seconds(run / "pretrain") or 0.0)
             if cfg.train.pretrained else 0.0,
             "stage1_images": cfg.pretrain.optim.epochs * (len(data.train) // pre_bs) * pre_bs
             if cfg.train.pretrained else 0,
@@ -128,7 +124,8 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def read_log_file(f: Path) -> list[dict[str, Any]]:
+def read_log(f: Path) -> list[dict[str, Any]]:
+    """A per-epoch ``metrics.jsonl`` (empty when the file is missing)."""
     return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
 
 
@@ -138,7 +135,7 @@ def recorded(rec: Path, name: str) -> dict[str, Any] | None:
     if not f.is_file():
         return None
     r: dict[str, Any] = json.loads((rec / f"{name}_run.json").read_text())
-    r["log"] = read_log_file(rec / f"{name}_metrics.jsonl")
+    r["log"] = read_log(rec / f"{name}_metrics.jsonl")
     r["test"] = json.loads(f.read_text())
     return r
 
