@@ -4,7 +4,8 @@ For each recipe (``--current`` preset, default ``siim-cpu``, and ``--improved``,
 with its own extra overrides ``--current-set`` / ``--improved-set``, so one preset with and without a lever is a
 pair) x model (``plain``: ResNet18 from scratch with every technique of Table I off and cross-entropy; ``full``:
 Stage I + MGACR + the class-balanced focal loss, as the preset says; ``mgacr``: the ``siim-mgacr-cpu``
-configuration, MGACR with 1x1-conv heads at weights 3/1 on layers 2-3, no Stage I, cross-entropy) x seed, the
+preset's MGACR settings, loss and Stage I switch, read from the preset: MGACR with 1x1-conv heads at weights 3/1 on
+layers 2-3, no Stage I, cross-entropy) x seed, the
 toolkit's own pipeline trains
 (``training/pipeline.py``: ``run_pretrain`` / ``run_train`` with a config), all in this one process on this one
 machine. The per-epoch validation log (``train/metrics.jsonl``) gives the first epoch whose ``val_<metric>``
@@ -46,10 +47,18 @@ from deeppneumonia.training.loop import logged_seconds
 from deeppneumonia.training.pipeline import PreparedData, prepare_data, run_pretrain, run_train, runtime_for
 
 PLAIN = ["train.pretrained=false", "train.mgacr.attention=false", "train.mgacr.feature=false", "train.loss.kind=ce"]
-MGACR = ["train.pretrained=false", "train.loss.kind=ce", "train.mgacr.attention=true", "train.mgacr.feature=true",
-         "train.mgacr.form=robust", "train.mgacr.no_box=by_class", "train.mgacr.head=conv1x1",
-         "train.mgacr.layers=[2,3]", "train.mgacr.weight_attention=3", "train.mgacr.weight_feature=1"]
-MODELS = {"plain": PLAIN, "full": [], "mgacr": MGACR}
+MGACR_PRESET = "siim-mgacr-cpu"
+
+
+def mgacr_overrides(preset: str = MGACR_PRESET) -> list[str]:
+    """The ``mgacr`` model: the MGACR settings, loss and Stage I switch of ``preset``, read from it (so the benchmark
+    cannot drift from the preset); its schedule is the recipe's, not the preset's."""
+    train = load_config(preset).to_dict()["train"]
+    over = [f"train.pretrained={str(train['pretrained']).lower()}", f"train.loss.kind={train['loss']['kind']}"]
+    return over + [f"train.mgacr.{k}={json.dumps(v)}" for k, v in train["mgacr"].items()]
+
+
+MODELS = {"plain": PLAIN, "full": [], "mgacr": mgacr_overrides()}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "fma")
 
 

@@ -46,24 +46,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """`deeppneumonia probe`: kNN and linear-probe accuracy of a Stage I encoder against a random one."""
+    """`deeppneumonia probe`: kNN and linear-probe accuracy of Stage I encoders against random ones."""
     from deeppneumonia.data.sources import resolve_data_path
-    from deeppneumonia.evaluation.probe import probe_encoder
+    from deeppneumonia.evaluation.probe import probe_encoders
 
-    res = probe_encoder(args.encoder, resolve_data_path(str(args.data)), args.source, args.cache_dir, args.device,
-                        on=args.on, n_boot=args.n_boot)
+    res = probe_encoders(args.encoder, resolve_data_path(str(args.data)), args.source, args.cache_dir, args.device,
+                         on=args.on, n_boot=args.n_boot)
+
+    def diffs(d: dict[str, tuple[float, float, float]]) -> str:
+        return ", ".join(f"{k} {m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for k, (m, lo, hi) in d.items())
+
     print(f"train {res['train_images']} / {res['scored_on']} {res['scored_images']} images (patient-disjoint)")
-    for name in ("pretrained", "random_init"):
-        print(f"{name:>12}: " + ", ".join(f"{k} {v:.3f}" for k, v in res[name].items()))
-    print(" difference: " + ", ".join(f"{k} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for k, (d, lo, hi) in
-                                      res["difference"].items()) + " (pre-trained minus random; 95 % patient bootstrap)")
+    for row in res["encoders"]:
+        if len(res["encoders"]) > 1:
+            print(row["encoder"])
+        for name in ("pretrained", "random_init"):
+            print(f"{name:>12}: " + ", ".join(f"{k} {v:.3f}" for k, v in row[name].items()))
+        print(f" difference: {diffs(row['difference'])} (pre-trained minus random; 95 % patient bootstrap)")
+    if "pooled" in res:
+        print(f"     pooled: {diffs(res['pooled'])} (mean over {len(res['encoders'])} encoders, each against its own "
+              "random init; 95 % bootstrap over encoders and patients)")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this module's commands to the ``deeppneumonia`` parser."""
-    p = sub.add_parser("probe", help="judge a Stage I encoder alone: kNN and linear-probe accuracy")
-    p.add_argument("--encoder", type=Path, required=True, help="a pretrain/encoder.safetensors")
+    p = sub.add_parser("probe", help="judge Stage I encoders alone: kNN and linear-probe accuracy")
+    p.add_argument("--encoder", type=Path, nargs="+", required=True,
+                   help="one or more pretrain/encoder.safetensors (several: Stage I seeds on one split, pooled)")
     p.add_argument("--data", type=Path, required=True, help="data folder, CSV, or sample:NAME to probe on")
     p.add_argument("--source", default="auto", help="data layout (default: detect)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="preprocessing cache folder")

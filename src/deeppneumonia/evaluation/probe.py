@@ -1,18 +1,24 @@
-"""Judge a Stage I encoder alone: kNN and linear-probe accuracy of its pooled features on a labelled split.
+"""Judge Stage I encoders alone: kNN and linear-probe accuracy of their pooled features on a labelled split.
 
 ``deeppneumonia probe --encoder RUN/pretrain/encoder.safetensors --data PATH`` embeds the run's train
 patients and its validation patients (``--on val``, the default: a probe informs model choices, so it does not
 look at the test part unless asked) or test patients (``--on test``), from the split.json of the encoder's run
 (without one: a fresh 70/30 patient split), and reports the weighted kNN accuracy (Wu et al. 2018, k = 20,
-T = 0.07) and a multinomial logistic-regression probe (scikit-learn, standardised features) fitted on train; and
-the same for a randomly initialised encoder, with the paired difference (pre-trained minus random, same images)
-and its 95 % patient-bootstrap interval. That interval carries the sampling of the scored patients only, not the
-randomness of the one random initialisation or of the Stage I run.
+T = 0.07) and a multinomial logistic-regression probe (scikit-learn, standardised features) fitted on train, each
+also as balanced accuracy (the mean recall over classes: on imbalanced data plain accuracy sits near the majority
+rate whatever the features); and the same for a randomly initialised encoder, with the paired difference
+(pre-trained minus random, same images) and its 95 % patient-bootstrap interval. For one encoder that interval
+carries the sampling of the scored patients only, not the randomness of the random initialisation or of the Stage I
+run. Given several encoders (``--encoder A B C``: Stage I runs with different seeds on the same split), the i-th is
+paired with its own random initialisation (seed i) and the pooled difference is the mean over the encoders with a
+bootstrap over encoders and patients together (:func:`~deeppneumonia.evaluation.bootstrap.paired_seed_bootstrap`,
+as for Table I's paired rows), so its interval carries both.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,73 +86,105 @@ def probe_predictions(train_f: Tensor, train_y: Tensor, test_f: Tensor, num_clas
             "linear": lr.predict(test_f.numpy())}
 
 
-def _accuracy(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Accuracy from one-hot predictions and targets (the kNN probe's bootstrap metric)."""
-    return {"accuracy": float((pred.argmax(1) == target.argmax(1)).mean())}
-
-
 def _accuracies(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Accuracy and balanced accuracy from one-hot predictions and targets (the linear probe's bootstrap metric)."""
+    """Accuracy and balanced accuracy from one-hot predictions and targets (the probes' bootstrap metric)."""
     p, t = pred.argmax(1), target.argmax(1)
     return {"accuracy": float((p == t).mean()), "balanced_accuracy": float(balanced_accuracy_score(t, p))}
 
 
-def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "auto",
-                  cache_dir: str | Path = "~/.cache/deeppneumonia", device: str = "auto", seed: int = 0,
-                  on: str = "val", n_boot: int = 1000) -> dict[str, Any]:
-    """Probe a Stage I encoder and a random one on the same images; see the module docstring.
+def _probe_split(encoder_path: str | Path, manifest: Any, on: str, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Train and scored indices: the encoder run's own split.json, else a fresh 70/30 patient split."""
+    split_file = Path(encoder_path).resolve().parent.parent / "split.json"
+    ids = [r.image_id for r in manifest.records]
+    if split_file.is_file() and set(json.loads(split_file.read_text())["train"]) <= set(ids):
+        parts = json.loads(split_file.read_text())
+        where = {v: k for k, v in enumerate(ids)}
+        if not parts.get(on):
+            raise DataError(f"{split_file}: the run has no {on} images to probe on")
+        return (np.asarray([where[i] for i in parts["train"]]), np.asarray([where[i] for i in parts[on]]), on)
+    sp = patient_split(manifest, 0.0, 0.3, seed)
+    return sp.train, sp.test, "held-out 30 % of patients"
 
-    Returns ``{"train_images", "scored_on", "scored_images", "pretrained": {...}, "random_init": {...},
-    "difference": {"knn_accuracy": (diff, lo, hi), ...}}`` (difference = pre-trained minus random).
+
+def probe_encoders(encoder_paths: Sequence[str | Path], data: str | Path, source: str = "auto",
+                   cache_dir: str | Path = "~/.cache/deeppneumonia", device: str = "auto", seed: int = 0,
+                   on: str = "val", n_boot: int = 1000) -> dict[str, Any]:
+    """Probe Stage I encoders, each against its own random initialisation, on the same images.
+
+    Returns ``{"train_images", "scored_on", "scored_images", "encoders": [{"encoder", "pretrained": {...},
+    "random_init": {...}, "difference": {"knn_accuracy": (diff, lo, hi), ...}}, ...], "pooled": {...}}``
+    (difference = pre-trained minus random; ``pooled``, the mean over the encoders with a bootstrap over encoders
+    and patients, only for two or more encoders). All encoders must share the scored images (one split).
     """
     if on not in ("val", "test"):
         raise ConfigError(f"probe: on must be 'val' or 'test', got {on!r}")
     if n_boot < 1:
         raise ConfigError(f"probe: --n-boot must be >= 1, got {n_boot}")
-    state, meta = load_weights(encoder_path)
-    if meta.get("kind") != "encoder":
-        raise CheckpointError(f"{encoder_path}: holds a {meta.get('kind')!r}, not a Stage I encoder")
+    if not encoder_paths:
+        raise ConfigError("probe: give at least one --encoder")
     rt = resolve_runtime(device, "fp32", False)
     manifest = load_source(data, source)
-    split_file = Path(encoder_path).resolve().parent.parent / "split.json"
-    ids = [r.image_id for r in manifest.records]
-    if split_file.is_file() and set(json.loads(split_file.read_text())["train"]) <= set(ids):
-        parts = json.loads(split_file.read_text())
-        where = {i: k for k, v in enumerate(ids) for i in [v]}
-        train_idx = np.asarray([where[i] for i in parts["train"]])
-        if not parts.get(on):
-            raise DataError(f"{split_file}: the run has no {on} images to probe on")
-        test_idx = np.asarray([where[i] for i in parts[on]])
-    else:
-        sp = patient_split(manifest, 0.0, 0.3, seed)
-        train_idx, test_idx, on = sp.train, sp.test, "held-out 30 % of patients"
-    pre = Preprocessing(int(meta["size"]), str(meta["resize"]), float(meta["mean"]), float(meta["std"]))
-    cache = build_cache(manifest, pre.size, cache_dir, pre.resize, progress=False)
-    train, test = CachedSplit(cache, np.sort(train_idx)), CachedSplit(cache, np.sort(test_idx))
-    ty, vy = train.targets.argmax(1), test.targets.argmax(1)
-    c = int(train.targets.shape[1])
-    out: dict[str, Any] = {"train_images": len(train), "scored_on": on, "scored_images": len(test)}
-    onehot: dict[str, dict[str, np.ndarray]] = {}
-    for name, load in (("pretrained", True), ("random_init", False)):
-        torch.manual_seed(seed)
-        model = build_classifier(1, meta["arch"])
-        if load:
-            load_encoder(model, state)
-        model.to(rt.device)
-        f_tr = embed(model, train, rt, pre)
-        f_te = embed(model, test, rt, pre)
-        preds = probe_predictions(f_tr, ty, f_te, c)
-        onehot[name] = {p: np.eye(c)[v] for p, v in preds.items()}
-        out[name] = {"knn_accuracy": float((preds["knn"] == vy.numpy()).mean()),
-                     "linear_accuracy": float((preds["linear"] == vy.numpy()).mean()),
-                     "linear_balanced_accuracy": float(balanced_accuracy_score(vy.numpy(), preds["linear"]))}
-    target = np.eye(c)[vy.numpy()]
-    patients = [manifest.records[int(i)].patient_id for i in test.indices]  # the images that decoded, in order
-    out["difference"] = {}
-    for probe in ("knn", "linear"):
-        diff = paired_seed_bootstrap([onehot["pretrained"][probe]], [onehot["random_init"][probe]], target, patients,
-                                     _accuracies if probe == "linear" else _accuracy, n_boot=n_boot, seed=seed)
-        out["difference"][f"{probe}_accuracy"] = diff["accuracy"]
-        if probe == "linear":
-            out["difference"]["linear_balanced_accuracy"] = diff["balanced_accuracy"]
+    out: dict[str, Any] = {"encoders": []}
+    onehot: dict[str, list[np.ndarray]] = {}
+    scored: tuple[np.ndarray, np.ndarray] | None = None
+    target, patients = np.zeros((0, 1)), []
+    for i, encoder_path in enumerate(encoder_paths):
+        state, meta = load_weights(encoder_path)
+        if meta.get("kind") != "encoder":
+            raise CheckpointError(f"{encoder_path}: holds a {meta.get('kind')!r}, not a Stage I encoder")
+        train_idx, test_idx, where = _probe_split(encoder_path, manifest, on, seed)
+        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+        if scored is None:
+            scored = (train_idx, test_idx)
+        elif not (np.array_equal(scored[0], train_idx) and np.array_equal(scored[1], test_idx)):
+            raise ConfigError(f"probe: {encoder_path} was trained on another split than {encoder_paths[0]}; "
+                              "probe encoders of different splits one at a time")
+        pre = Preprocessing(int(meta["size"]), str(meta["resize"]), float(meta["mean"]), float(meta["std"]))
+        cache = build_cache(manifest, pre.size, cache_dir, pre.resize, progress=False)
+        train, test = CachedSplit(cache, train_idx), CachedSplit(cache, test_idx)
+        ty, vy = train.targets.argmax(1), test.targets.argmax(1)
+        c = int(train.targets.shape[1])
+        target = np.eye(c)[vy.numpy()]
+        patients = [manifest.records[int(j)].patient_id for j in test.indices]  # the images that decoded, in order
+        out.update(train_images=len(train), scored_on=where, scored_images=len(test))
+        row: dict[str, Any] = {"encoder": str(encoder_path)}
+        for name, load in (("pretrained", True), ("random_init", False)):
+            torch.manual_seed(seed + i)
+            model = build_classifier(1, meta["arch"])
+            if load:
+                load_encoder(model, state)
+            model.to(rt.device)
+            preds = probe_predictions(embed(model, train, rt, pre), ty, embed(model, test, rt, pre), c)
+            row[name] = {}
+            for probe, pred in preds.items():
+                onehot.setdefault(f"{name}/{probe}", []).append(np.eye(c)[pred])
+                row[name].update({f"{probe}_{k}": v for k, v in _accuracies(np.eye(c)[pred], target).items()})
+        row["difference"] = _differences({k: v[-1:] for k, v in onehot.items()}, target, patients, n_boot, seed)
+        out["encoders"].append(row)
+    if len(encoder_paths) > 1:
+        out["pooled"] = _differences(onehot, target, patients, n_boot, seed)
     return out
+
+
+def _differences(onehot: dict[str, list[np.ndarray]], target: np.ndarray, patients: list[Any], n_boot: int,
+                 seed: int) -> dict[str, tuple[float, float, float]]:
+    """Pre-trained minus random for each probe and metric, bootstrapped over the runs given and the patients."""
+    diff: dict[str, tuple[float, float, float]] = {}
+    for probe in ("knn", "linear"):
+        d = paired_seed_bootstrap(onehot[f"pretrained/{probe}"], onehot[f"random_init/{probe}"], target, patients,
+                                  _accuracies, n_boot=n_boot, seed=seed)
+        diff.update({f"{probe}_{k}": v for k, v in d.items()})
+    return diff
+
+
+def probe_encoder(encoder_path: str | Path, data: str | Path, source: str = "auto",
+                  cache_dir: str | Path = "~/.cache/deeppneumonia", device: str = "auto", seed: int = 0,
+                  on: str = "val", n_boot: int = 1000) -> dict[str, Any]:
+    """Probe one Stage I encoder against a random one on the same images; see :func:`probe_encoders`.
+
+    Returns ``{"train_images", "scored_on", "scored_images", "pretrained": {...}, "random_init": {...},
+    "difference": {"knn_accuracy": (diff, lo, hi), ...}}`` (difference = pre-trained minus random).
+    """
+    res = probe_encoders([encoder_path], data, source, cache_dir, device, seed, on, n_boot)
+    row = res.pop("encoders")[0]
+    return {**res, **{k: row[k] for k in ("pretrained", "random_init", "difference")}}
