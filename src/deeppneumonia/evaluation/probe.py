@@ -96,8 +96,8 @@ def _probe_split(encoder_path: str | Path, manifest: Any, on: str, seed: int) ->
     """Train and scored indices: the encoder run's own split.json, else a fresh 70/30 patient split."""
     split_file = Path(encoder_path).resolve().parent.parent / "split.json"
     ids = [r.image_id for r in manifest.records]
-    if split_file.is_file() and set(json.loads(split_file.read_text())["train"]) <= set(ids):
-        parts = json.loads(split_file.read_text())
+    parts = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    if parts and set(parts["train"]) <= set(ids):
         where = {v: k for k, v in enumerate(ids)}
         if not parts.get(on):
             raise DataError(f"{split_file}: the run has no {on} images to probe on")
