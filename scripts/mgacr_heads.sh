@@ -8,6 +8,8 @@
 #   focal    conv1x1 + the class-balanced focal loss (Eq. 9), no Stage I
 #   stage1   conv1x1 + the seed's Stage I encoder, cross-entropy
 #   full     conv1x1 + the seed's Stage I encoder + the class-balanced focal loss: the paper's full method
+#   stage1r  stage1 with the encoder's convolutions scaled back to a fresh network's norms (train.encoder_rescale)
+#   fullr    full with train.encoder_rescale=true
 # Stage I (the preset's SimCLR, run.seed=S) is trained once per seed in $OUT/simclr-seed<S> and shared by the
 # stage1 and full arms. Each finished run's test metrics, test predictions and per-epoch log are copied to
 # results/mgacr-heads/<arm>_seed<S>.{json,npz}, <arm>_seed<S>_metrics.jsonl (commit them), Stage I's log to
@@ -33,11 +35,15 @@ for s in $seeds; do
       cbam) extra=(train.pretrained=false train.loss.kind=ce "${mgacr[@]}" train.mgacr.head=cbam) ;;
       conv1x1) extra=(train.pretrained=false train.loss.kind=ce "${mgacr[@]}") ;;
       focal) extra=(train.pretrained=false train.loss.kind=cb_focal "${mgacr[@]}") ;;
-      stage1) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=ce "${mgacr[@]}") ;;
-      full) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
-      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full)" >&2; exit 2 ;;
+      stage1|stage1r) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=ce "${mgacr[@]}") ;;
+      full|fullr) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
+      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full, stage1r, fullr)" >&2; exit 2 ;;
     esac
-    if [[ $arm == stage1 || $arm == full ]] && [ ! -f "$encoder" ]; then
+    case $arm in
+      stage1|full) extra+=(train.encoder_rescale=false) ;;
+      stage1r|fullr) extra+=(train.encoder_rescale=true) ;;
+    esac
+    if [[ $arm == stage1* || $arm == full* ]] && [ ! -f "$encoder" ]; then
       "$py" -m deeppneumonia.cli -q pretrain -c siim-cpu "data.path=$data" "run.seed=$s" "run.out_dir=$simclr" \
         run.progress=false
       cp "$simclr/pretrain/metrics.jsonl" "$rec/simclr_seed${s}_metrics.jsonl"

@@ -195,6 +195,9 @@ class TrainConfig:
     arch: Literal["resnet18", "resnet50", "vgg16", "vgg16_bn"] = "resnet18"  # others only as Table II baselines (no MGACR)
     pretrained: bool = True  # start from the Stage I encoder of the same run (or `encoder`)
     encoder: str | None = None  # explicit path to an encoder .safetensors
+    # scale each Stage I convolution back to the norm of a fresh initialisation (the function is unchanged: a
+    # BatchNorm follows every one); SimCLR grows the norms, which slows Stage II (docs/method.md)
+    encoder_rescale: bool = False
     # a local torchvision/timm ResNet state dict (.safetensors or weights_only .pth) to start Stage II from; the RGB
     # stem is summed to one grey channel, unmatched keys are reported (models/weights.py). Never downloaded.
     # With train.pretrained=true the Stage I encoder is loaded after it and replaces its backbone weights.

@@ -41,6 +41,62 @@ def test_encoder_roundtrip() -> None:
     assert torch.equal(a.layer3[0].conv1.weight, b.layer3[0].conv1.weight)
 
 
+def _grown_encoder(seed: int = 1) -> dict[str, torch.Tensor]:
+    """An encoder whose convolutions grew unevenly (as SimCLR's did: conv1 x5.8, layer4 x1.05), BN stats set."""
+    torch.manual_seed(seed)
+    enc = build_classifier(3)
+    with torch.no_grad():
+        for i, m in enumerate(x for x in enc.modules() if isinstance(x, torch.nn.Conv2d)):
+            m.weight.mul_(1.0 + 0.5 * (i % 5))
+        enc.train()
+        for _ in range(3):
+            enc(torch.randn(8, 1, 64, 64))  # running statistics that fit the grown weights
+    return encoder_state(enc)
+
+
+def test_encoder_rescale_keeps_the_function_and_restores_fresh_norms() -> None:
+    """train.encoder_rescale: every conv back at its fresh-init norm, outputs unchanged in eval and train mode."""
+    from deeppneumonia.models.factory import conv_bn_pairs
+
+    state = _grown_encoder()
+    torch.manual_seed(0)
+    plain = build_classifier(4)
+    torch.manual_seed(0)
+    scaled = build_classifier(4)
+    fresh = {n: m.weight.norm().item() for n, m, _ in conv_bn_pairs(scaled)}
+    assert len(fresh) == 20  # every convolution of a ResNet18 feeds a BatchNorm
+    load_encoder(plain, state)
+    load_encoder(scaled, state, rescale=True)
+    for n, m, _ in conv_bn_pairs(scaled):
+        assert abs(m.weight.norm().item() - fresh[n]) < 1e-4 * fresh[n], n
+    assert not torch.allclose(plain.conv1.weight, scaled.conv1.weight)  # the loaded norms differed
+    x = torch.randn(6, 1, 64, 64)
+    for mode in (False, True):
+        plain.train(mode), scaled.train(mode)
+        with torch.no_grad():
+            assert torch.allclose(plain(x), scaled(x), atol=2e-3), mode
+    assert torch.allclose(plain.fc.weight, scaled.fc.weight)  # fresh parameters untouched
+
+
+def test_encoder_rescale_restores_the_relative_step_of_a_fresh_network() -> None:
+    """The point of rescaling: a conv whose norm grew by s takes SGD steps s^2 smaller relative to its weight
+    (same function, gradient / s, weight x s); scaled back, its relative step is s^2 larger again."""
+    state = _grown_encoder()
+    x, y = torch.randn(8, 1, 64, 64), torch.randint(0, 4, (8,))
+    rel = []
+    for rescale in (False, True):
+        torch.manual_seed(0)
+        m = build_classifier(4)
+        load_encoder(m, state, rescale=rescale)
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        w = m.layer1[1].conv2.weight  # the 5th convolution: grown x3 in _grown_encoder
+        rel.append((w.grad.norm() / w.norm()).item())
+    torch.manual_seed(0)
+    grown = state["layer1.1.conv2.weight"].norm().item() / build_classifier(4).layer1[1].conv2.weight.norm().item()
+    assert 2.5 < grown < 3.5
+    assert abs(rel[1] / rel[0] - grown**2) < 0.05 * grown**2, (rel, grown)
+
+
 def test_table2_baselines_take_one_channel_and_vgg16_bn_has_batch_norm() -> None:
     import pytest
 

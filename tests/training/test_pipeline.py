@@ -206,3 +206,28 @@ def test_probe_refuses_what_it_cannot_do(tmp_path: Path, lesion_data: Path, caps
     split_file.write_text(json.dumps({**parts, "val": []}))  # a run without validation patients: no silent fallback
     assert main([*args, "--n-boot", "50"]) == 2
     assert "no val images to probe on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["deep_pneumonia", "iam"])
+def test_encoder_rescale_reaches_the_network_of_each_task(tmp_path: Path, lesion_data: Path, method: str) -> None:
+    """train.encoder_rescale=true: the Stage II network's convolutions start at a fresh network's norms."""
+    from deeppneumonia.models.factory import build_classifier, conv_bn_pairs, encoder_state
+    from deeppneumonia.training.pipeline import build_task, runtime_for
+
+    torch.manual_seed(5)
+    grown = build_classifier(2)
+    with torch.no_grad():
+        for _, conv, _ in conv_bn_pairs(grown):
+            conv.weight.mul_(4.0)
+    enc = encoder_state(grown)
+    extra = ["train.method=iam", "train.iam.warmup_epochs=1", "train.iam.iterations=1",
+             "train.iam.epochs_per_iteration=1"] if method == "iam" else []
+    norms = {}
+    for rescale in ("false", "true"):
+        cfg = tiny_config(tmp_path / rescale, lesion_data, f"train.encoder_rescale={rescale}", *extra)
+        data = prepare_data(cfg, progress=False)
+        model = build_task(cfg, data, runtime_for(cfg), enc).modules()["model"]
+        got = {n: c.weight.norm() for n, c, _ in conv_bn_pairs(model)}
+        norms[rescale] = torch.stack([got[n] for n, _, _ in conv_bn_pairs(grown)])  # the encoder's convolutions
+    assert torch.allclose(norms["false"], torch.stack([c.weight.norm() for _, c, _ in conv_bn_pairs(grown)]))
+    assert torch.allclose(norms["true"] * 4.0, norms["false"], rtol=0.25)  # back near a fresh init (x1/4)

@@ -10,9 +10,11 @@ Architecture names (stored in every checkpoint's metadata, so a saved model can 
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import vgg16, vgg16_bn
 
@@ -83,14 +85,56 @@ def encoder_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
 
 
-def load_encoder(model: nn.Module, state: dict[str, Tensor]) -> None:
+def load_encoder(model: nn.Module, state: dict[str, Tensor], rescale: bool = False) -> None:
     """Load Stage I encoder weights into a classifier; the parameters the model declares fresh stay as initialised.
+
+    With ``rescale`` every loaded convolution that feeds a BatchNorm is scaled back to the norm of the model's own
+    fresh initialisation (:func:`rescale_conv_bn`): the network computes the same function, but its weights
+    train at the effective learning rate of a fresh network (docs/method.md, "Stage I weight norms").
 
     Raises:
         ValueError: a backbone key is missing from ``state``, or ``state`` holds a key the model lacks.
     """
     fresh = model.fresh_prefixes if isinstance(model, XRayResNet) else ("fc.",)
+    init_norms = {n: m.weight.detach().norm() for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = [k for k in missing if not k.startswith(fresh)]
     if bad or unexpected:
         raise ValueError(f"encoder does not match the network: missing {bad[:5]}, unexpected {unexpected[:5]}")
+    if rescale:
+        rescale_conv_bn(model, {n: v for n, v in init_norms.items() if f"{n}.weight" in state})
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
+    """Each bias-free convolution whose output goes straight into a BatchNorm (the next module registered).
+
+    In torchvision's ResNets that is every convolution: ``conv1``/``bn1``, ``convK``/``bnK`` in each block and
+    ``downsample.0``/``downsample.1``.
+    """
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    return [(n, m, nxt) for (n, m), (_, nxt) in pairwise(leaves)
+            if isinstance(m, nn.Conv2d) and m.bias is None and isinstance(nxt, nn.BatchNorm2d)
+            and nxt.num_features == m.out_channels]
+
+
+@torch.no_grad()
+def rescale_conv_bn(model: nn.Module, target_norms: dict[str, Tensor]) -> dict[str, float]:
+    """Scale each named convolution feeding a BatchNorm to ``target_norms[name]``; returns the factors.
+
+    A BatchNorm makes its convolution scale-invariant: scaling the weight by ``s`` scales the pre-BN activations
+    by ``s``, which batch statistics remove in training and the running statistics (mean x s, var x s^2) remove
+    in evaluation, so outputs are unchanged (to BatchNorm's eps). The gradient of the weight scales by ``1/s``,
+    so the relative step an SGD update makes scales by ``1/s^2``: a weight that grew during Stage I learns slower
+    in Stage II than a fresh one; scaling it back restores the fresh network's pace.
+    """
+    factors: dict[str, float] = {}
+    for name, conv, bn in conv_bn_pairs(model):
+        if name not in target_norms:
+            continue
+        s = float(target_norms[name]) / max(float(conv.weight.norm()), 1e-12)
+        conv.weight.mul_(s)
+        if bn.running_mean is not None and bn.running_var is not None:
+            bn.running_mean.mul_(s)
+            bn.running_var.mul_(s * s)
+        factors[name] = s
+    return factors

@@ -113,10 +113,10 @@ def resolve_best_metric(name: str, multilabel: bool, has_studies: bool, final_fi
     return name
 
 
-def load_encoder_checked(model: XRayResNet, encoder: dict[str, Tensor]) -> None:
+def load_encoder_checked(model: XRayResNet, encoder: dict[str, Tensor], rescale: bool = False) -> None:
     """:func:`load_encoder` with a one-line error naming the setting when the encoder does not fit the network."""
     try:
-        load_encoder(model, encoder)
+        load_encoder(model, encoder, rescale=rescale)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"train.encoder / the run's Stage I encoder does not fit train.arch: {exc}") from exc
 
@@ -143,7 +143,7 @@ class SupervisedTask:
 
             load_init_weights(self.model, self.tcfg.init_weights)
         if encoder is not None:
-            load_encoder_checked(self.model, encoder)
+            load_encoder_checked(self.model, encoder, self.tcfg.encoder_rescale)
         m = self.tcfg.mgacr
         use_mgacr = m.attention or m.feature
         if use_mgacr and self.arch not in STAGE_CHANNELS:
