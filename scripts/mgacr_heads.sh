@@ -10,6 +10,7 @@
 #   full     conv1x1 + the seed's Stage I encoder + the class-balanced focal loss: the paper's full method
 #   stage1r  stage1 with the encoder's convolutions scaled back to a fresh network's norms (train.encoder_rescale)
 #   fullr    full with train.encoder_rescale=true
+#   fullr2   fullr with only the stem, layer1 and layer2 of the encoder loaded (train.encoder_stages=2)
 # Stage I (the preset's SimCLR, run.seed=S) is trained once per seed in $OUT/simclr-seed<S> and shared by the
 # stage1 and full arms. Each finished run's test metrics, test predictions and per-epoch log are copied to
 # results/mgacr-heads/<arm>_seed<S>.{json,npz}, <arm>_seed<S>_metrics.jsonl (commit them), Stage I's log to
@@ -36,12 +37,13 @@ for s in $seeds; do
       conv1x1) extra=(train.pretrained=false train.loss.kind=ce "${mgacr[@]}") ;;
       focal) extra=(train.pretrained=false train.loss.kind=cb_focal "${mgacr[@]}") ;;
       stage1|stage1r) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=ce "${mgacr[@]}") ;;
-      full|fullr) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
-      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full, stage1r, fullr)" >&2; exit 2 ;;
+      full|fullr|fullr2) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
+      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full, stage1r, fullr, fullr2)" >&2; exit 2 ;;
     esac
     case $arm in
       stage1|full) extra+=(train.encoder_rescale=false) ;;
       stage1r|fullr) extra+=(train.encoder_rescale=true) ;;
+      fullr2) extra+=(train.encoder_rescale=true train.encoder_stages=2) ;;
     esac
     if [[ $arm == stage1* || $arm == full* ]] && [ ! -f "$encoder" ]; then
       "$py" -m deeppneumonia.cli -q pretrain -c siim-cpu "data.path=$data" "run.seed=$s" "run.out_dir=$simclr" \

@@ -198,6 +198,7 @@ class TrainConfig:
     # scale each Stage I convolution back to the norm of a fresh initialisation (the function is unchanged: a
     # BatchNorm follows every one); SimCLR grows the norms, which slows Stage II (docs/method.md)
     encoder_rescale: bool = False
+    encoder_stages: int = 4  # load the stem and layer1..layer<N> of the encoder (0-4); deeper layers start fresh
     # a local torchvision/timm ResNet state dict (.safetensors or weights_only .pth) to start Stage II from; the RGB
     # stem is summed to one grey channel, unmatched keys are reported (models/weights.py). Never downloaded.
     # With train.pretrained=true the Stage I encoder is loaded after it and replaces its backbone weights.
@@ -402,6 +403,7 @@ def validate(cfg: Config) -> Config:
     need(0 <= t.loss.beta < 1, "train.loss.beta", t.loss.beta, "must be in [0, 1)")
     need(0 <= t.loss.label_smoothing < 1, "train.loss.label_smoothing", t.loss.label_smoothing, "must be in [0, 1)")
     need(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in [0, 1) (0 = no EMA)")
+    need(0 <= t.encoder_stages <= 4, "train.encoder_stages", t.encoder_stages, "must be 0..4 (the stem and layer1..N)")
     need(t.loss.gamma >= 0, "train.loss.gamma", t.loss.gamma, "must be >= 0")
     i = t.iam
     need(i.warmup_epochs >= 0, "train.iam.warmup_epochs", i.warmup_epochs, "must be >= 0")

@@ -97,6 +97,22 @@ def test_encoder_rescale_restores_the_relative_step_of_a_fresh_network() -> None
     assert abs(rel[1] / rel[0] - grown**2) < 0.05 * grown**2, (rel, grown)
 
 
+def test_encoder_stages_load_the_low_layers_only() -> None:
+    """train.encoder_stages=2: stem, layer1 and layer2 from the encoder; layer3, layer4 and fc as initialised."""
+    import pytest
+
+    state = _grown_encoder()
+    torch.manual_seed(0)
+    m = build_classifier(4)
+    fresh = {k: v.clone() for k, v in m.state_dict().items()}
+    load_encoder(m, state, stages=2)
+    for k, v in m.state_dict().items():
+        src = state if k.startswith(("conv1.", "bn1.", "layer1.", "layer2.")) else fresh
+        assert torch.equal(v, src[k]), k
+    with pytest.raises(ValueError, match=r"stages must be 0\.\.4"):
+        load_encoder(m, state, stages=5)
+
+
 def test_table2_baselines_take_one_channel_and_vgg16_bn_has_batch_norm() -> None:
     import pytest
 

@@ -85,17 +85,23 @@ def encoder_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
 
 
-def load_encoder(model: nn.Module, state: dict[str, Tensor], rescale: bool = False) -> None:
+def load_encoder(model: nn.Module, state: dict[str, Tensor], rescale: bool = False, stages: int = 4) -> None:
     """Load Stage I encoder weights into a classifier; the parameters the model declares fresh stay as initialised.
 
     With ``rescale`` every loaded convolution that feeds a BatchNorm is scaled back to the norm of the model's own
     fresh initialisation (:func:`rescale_conv_bn`): the network computes the same function, but its weights
     train at the effective learning rate of a fresh network (docs/method.md, "Stage I weight norms").
+    ``stages`` < 4 loads the stem and ``layer1`` .. ``layer<stages>`` only; deeper layers stay as initialised
+    (partial transfer: Raghu et al. 2019 found the low layers carry most of what transfers to medical images).
 
     Raises:
         ValueError: a backbone key is missing from ``state``, or ``state`` holds a key the model lacks.
     """
-    fresh = model.fresh_prefixes if isinstance(model, XRayResNet) else ("fc.",)
+    if not 0 <= stages <= 4:
+        raise ValueError(f"stages must be 0..4, got {stages}")
+    skipped = tuple(f"layer{i}." for i in range(stages + 1, 5))
+    state = {k: v for k, v in state.items() if not k.startswith(skipped)} if skipped else state
+    fresh = (model.fresh_prefixes if isinstance(model, XRayResNet) else ("fc.",)) + skipped
     init_norms = {n: m.weight.detach().norm() for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = [k for k in missing if not k.startswith(fresh)]

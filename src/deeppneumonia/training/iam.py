@@ -165,7 +165,7 @@ class IAMTask:
         n = len(classes)
         self.model = build_classifier(n, self.arch)
         if encoder is not None:
-            load_encoder_checked(self.model, encoder, cfg.train.encoder_rescale)
+            load_encoder_checked(self.model, encoder, cfg.train.encoder_rescale, cfg.train.encoder_stages)
         if self.ic.init:
             self._load_init(Path(self.ic.init).expanduser())
         self.rounds = RoundNetworks(self.ic.iterations, lambda: build_classifier(n, self.arch))

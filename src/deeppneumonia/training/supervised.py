@@ -113,10 +113,11 @@ def resolve_best_metric(name: str, multilabel: bool, has_studies: bool, final_fi
     return name
 
 
-def load_encoder_checked(model: XRayResNet, encoder: dict[str, Tensor], rescale: bool = False) -> None:
+def load_encoder_checked(model: XRayResNet, encoder: dict[str, Tensor], rescale: bool = False,
+                         stages: int = 4) -> None:
     """:func:`load_encoder` with a one-line error naming the setting when the encoder does not fit the network."""
     try:
-        load_encoder(model, encoder, rescale=rescale)
+        load_encoder(model, encoder, rescale=rescale, stages=stages)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"train.encoder / the run's Stage I encoder does not fit train.arch: {exc}") from exc
 
@@ -143,7 +144,7 @@ class SupervisedTask:
 
             load_init_weights(self.model, self.tcfg.init_weights)
         if encoder is not None:
-            load_encoder_checked(self.model, encoder, self.tcfg.encoder_rescale)
+            load_encoder_checked(self.model, encoder, self.tcfg.encoder_rescale, self.tcfg.encoder_stages)
         m = self.tcfg.mgacr
         use_mgacr = m.attention or m.feature
         if use_mgacr and self.arch not in STAGE_CHANNELS:
