@@ -209,7 +209,8 @@ def test_probe_refuses_what_it_cannot_do(tmp_path: Path, lesion_data: Path, caps
 
 
 @pytest.mark.parametrize("method", ["deep_pneumonia", "iam"])
-def test_encoder_rescale_reaches_the_network_of_each_task(tmp_path: Path, lesion_data: Path, method: str) -> None:
+def test_encoder_rescale_reaches_the_network_of_each_task(tmp_path: Path, lesion_data: Path, method: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     """train.encoder_rescale=true: the Stage II network's convolutions start at a fresh network's norms."""
     from deeppneumonia.models.factory import build_classifier, conv_bn_pairs, encoder_state
     from deeppneumonia.training.pipeline import build_task, runtime_for
@@ -223,6 +224,7 @@ def test_encoder_rescale_reaches_the_network_of_each_task(tmp_path: Path, lesion
     extra = ["train.method=iam", "train.iam.warmup_epochs=1", "train.iam.iterations=1",
              "train.iam.epochs_per_iteration=1"] if method == "iam" else []
     norms = {}
+    caplog.set_level("INFO", logger="deeppneumonia.training.supervised")
     for rescale in ("false", "true"):
         cfg = tiny_config(tmp_path / rescale, lesion_data, f"train.encoder_rescale={rescale}", *extra)
         data = prepare_data(cfg, progress=False)
@@ -231,3 +233,4 @@ def test_encoder_rescale_reaches_the_network_of_each_task(tmp_path: Path, lesion
         norms[rescale] = torch.stack([got[n] for n, _, _ in conv_bn_pairs(grown)])  # the encoder's convolutions
     assert torch.allclose(norms["false"], torch.stack([c.weight.norm() for _, c, _ in conv_bn_pairs(grown)]))
     assert torch.allclose(norms["true"] * 4.0, norms["false"], rtol=0.25)  # back near a fresh init (x1/4)
+    assert "20 convolutions scaled back to a fresh network's norms" in caplog.text  # said in the run log

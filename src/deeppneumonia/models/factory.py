@@ -85,7 +85,8 @@ def encoder_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
 
 
-def load_encoder(model: nn.Module, state: dict[str, Tensor], rescale: bool = False, stages: int = 4) -> None:
+def load_encoder(model: nn.Module, state: dict[str, Tensor], rescale: bool = False,
+                 stages: int = 4) -> dict[str, float]:
     """Load Stage I encoder weights into a classifier; the parameters the model declares fresh stay as initialised.
 
     With ``rescale`` every loaded convolution that feeds a BatchNorm is scaled back to the norm of the model's own
@@ -93,6 +94,7 @@ def load_encoder(model: nn.Module, state: dict[str, Tensor], rescale: bool = Fal
     train at the effective learning rate of a fresh network (docs/method.md, "Stage I weight norms").
     ``stages`` < 4 loads the stem and ``layer1`` .. ``layer<stages>`` only; deeper layers stay as initialised
     (partial transfer: Raghu et al. 2019 found the low layers carry most of what transfers to medical images).
+    Returns the factor each convolution was scaled by (empty without ``rescale``).
 
     Raises:
         ValueError: a backbone key is missing from ``state``, or ``state`` holds a key the model lacks.
@@ -107,8 +109,9 @@ def load_encoder(model: nn.Module, state: dict[str, Tensor], rescale: bool = Fal
     bad = [k for k in missing if not k.startswith(fresh)]
     if bad or unexpected:
         raise ValueError(f"encoder does not match the network: missing {bad[:5]}, unexpected {unexpected[:5]}")
-    if rescale:
-        rescale_conv_bn(model, {n: v for n, v in init_norms.items() if f"{n}.weight" in state})
+    if not rescale:
+        return {}
+    return rescale_conv_bn(model, {n: v for n, v in init_norms.items() if f"{n}.weight" in state})
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:

@@ -117,9 +117,14 @@ def load_encoder_checked(model: XRayResNet, encoder: dict[str, Tensor], rescale:
                          stages: int = 4) -> None:
     """:func:`load_encoder` with a one-line error naming the setting when the encoder does not fit the network."""
     try:
-        load_encoder(model, encoder, rescale=rescale, stages=stages)
+        factors = load_encoder(model, encoder, rescale=rescale, stages=stages)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"train.encoder / the run's Stage I encoder does not fit train.arch: {exc}") from exc
+    if stages < 4:
+        log.info("Stage I encoder: stem and layer1..layer%d loaded, deeper layers as initialised", stages)
+    if factors:
+        log.info("Stage I encoder: %d convolutions scaled back to a fresh network's norms (x%.3g .. x%.3g)",
+                 len(factors), min(factors.values()), max(factors.values()))
 
 
 class SupervisedTask:
