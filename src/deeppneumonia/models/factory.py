@@ -102,9 +102,9 @@ def load_encoder(model: nn.Module, state: dict[str, Tensor], rescale: bool = Fal
     if not 0 <= stages <= 4:
         raise ValueError(f"stages must be 0..4, got {stages}")
     skipped = tuple(f"layer{i}." for i in range(stages + 1, 5))
-    state = {k: v for k, v in state.items() if not k.startswith(skipped)} if skipped else state
+    state = {k: v for k, v in state.items() if not k.startswith(skipped)}
     fresh = (model.fresh_prefixes if isinstance(model, XRayResNet) else ("fc.",)) + skipped
-    init_norms = {n: m.weight.detach().norm() for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    init_norms = {n: c.weight.detach().norm() for n, c, _ in conv_bn_pairs(model)} if rescale else {}
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = [k for k in missing if not k.startswith(fresh)]
     if bad or unexpected:
