@@ -11,6 +11,9 @@
 #   stage1r  stage1 with the encoder's convolutions scaled back to a fresh network's norms (train.encoder_rescale)
 #   fullr    full with train.encoder_rescale=true
 #   fullr2   fullr with only the stem, layer1 and layer2 of the encoder loaded (train.encoder_stages=2)
+#   stage1s  stage1 with a Stage I trained by SGD's own SimCLR recipe (lr 0.06, weight decay 5e-4; the preset's
+#            lr 0.3 / weight decay 1e-5 are LARS values) in $OUT/simclr-sgd-seed<S>
+#   fulls    full with that Stage I encoder
 # Stage I (the preset's SimCLR, run.seed=S) is trained once per seed in $OUT/simclr-seed<S> and shared by the
 # stage1 and full arms. Each finished run's test metrics, test predictions and per-epoch log are copied to
 # results/mgacr-heads/<arm>_seed<S>.{json,npz}, <arm>_seed<S>_metrics.jsonl (commit them), Stage I's log to
@@ -30,25 +33,29 @@ for s in $seeds; do
     [ -f "$rec/$name.json" ] && continue
     mgacr=("train.mgacr.layers=[2,3]" train.mgacr.weight_attention=3 train.mgacr.weight_feature=1
            train.mgacr.head=conv1x1 train.keep_attention_heads=true)
-    simclr=$out/simclr-seed$s; encoder=$simclr/pretrain/encoder.safetensors
+    simclr=$out/simclr-seed$s; simlog=simclr_seed$s; pre=()
+    if [[ $arm == *s ]]; then
+      simclr=$out/simclr-sgd-seed$s; simlog=simclr-sgd_seed$s; pre=(pretrain.optim.lr=0.06 pretrain.optim.weight_decay=5e-4)
+    fi
+    encoder=$simclr/pretrain/encoder.safetensors
     case $arm in
       plain) extra=(train.pretrained=false train.loss.kind=ce train.mgacr.attention=false train.mgacr.feature=false) ;;
       cbam) extra=(train.pretrained=false train.loss.kind=ce "${mgacr[@]}" train.mgacr.head=cbam) ;;
       conv1x1) extra=(train.pretrained=false train.loss.kind=ce "${mgacr[@]}") ;;
       focal) extra=(train.pretrained=false train.loss.kind=cb_focal "${mgacr[@]}") ;;
-      stage1|stage1r) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=ce "${mgacr[@]}") ;;
-      full|fullr|fullr2) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
-      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full, stage1r, fullr, fullr2)" >&2; exit 2 ;;
+      stage1|stage1r|stage1s) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=ce "${mgacr[@]}") ;;
+      full|fullr|fullr2|fulls) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
+      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full, stage1r, fullr, fullr2, stage1s, fulls)" >&2; exit 2 ;;
     esac
     case $arm in
-      stage1|full) extra+=(train.encoder_rescale=false) ;;
+      stage1|full|stage1s|fulls) extra+=(train.encoder_rescale=false) ;;
       stage1r|fullr) extra+=(train.encoder_rescale=true) ;;
       fullr2) extra+=(train.encoder_rescale=true train.encoder_stages=2) ;;
     esac
     if [[ $arm == stage1* || $arm == full* ]] && [ ! -f "$encoder" ]; then
       "$py" -m deeppneumonia.cli -q pretrain -c siim-cpu "data.path=$data" "run.seed=$s" "run.out_dir=$simclr" \
-        run.progress=false
-      cp "$simclr/pretrain/metrics.jsonl" "$rec/simclr_seed${s}_metrics.jsonl"
+        run.progress=false "${pre[@]}"
+      cp "$simclr/pretrain/metrics.jsonl" "$rec/${simlog}_metrics.jsonl"
     fi
     if [ ! -f "$run/test_metrics.json" ]; then
       "$py" -m deeppneumonia.cli -q train -c siim-cpu "data.path=$data" "run.seed=$s" "run.out_dir=$run" \

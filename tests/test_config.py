@@ -21,6 +21,15 @@ def test_presets_load_and_overrides_apply() -> None:
     assert paper.data.size == 224 and paper.train.optim.batch_size == 16 and paper.pretrain.temperature == 0.2
 
 
+def test_floats_written_without_a_dot_are_numbers() -> None:
+    # PyYAML (YAML 1.1) resolves 5e-4 to the string "5e-4"; a number field takes it as the number it means
+    cfg = load_config("quick", ["pretrain.optim.weight_decay=5e-4", "train.optim.lr=2E-2", "train.loss.gamma=1.5e0"])
+    assert cfg.pretrain.optim.weight_decay == 5e-4 and cfg.train.optim.lr == 0.02 and cfg.train.loss.gamma == 1.5
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config("quick", ["train.optim.lr=5e"])
+    assert load_config("quick", ["run.out_dir=1e3"]).run.out_dir == "1e3"  # a string field keeps the string
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.optim.epoch=3", "unknown key"),
     ("train.optim.epochs=three", "expected an integer"),

@@ -22,6 +22,9 @@ import yaml
 
 from deeppneumonia.errors import ConfigError
 
+# YAML 1.1 (PyYAML) reads a float without a dot (5e-4) as a string
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -295,6 +298,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string; everyone means the number
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
