@@ -14,6 +14,8 @@
 #   stage1s  stage1 with a Stage I trained by SGD's own SimCLR recipe (lr 0.06, weight decay 5e-4; the preset's
 #            lr 0.3 / weight decay 1e-5 are LARS values) in $OUT/simclr-sgd-seed<S>
 #   fulls    full with that Stage I encoder
+#   fullsfit fulls trained on the training and validation patients together for the same epochs, last epoch kept
+#            (train.final_fit: the recipe for a model to ship; the test part stays unseen)
 # Stage I (the preset's SimCLR, run.seed=S) is trained once per seed in $OUT/simclr-seed<S> and shared by the
 # stage1 and full arms. Each finished run's test metrics, test predictions and per-epoch log are copied to
 # results/mgacr-heads/<arm>_seed<S>.{json,npz}, <arm>_seed<S>_metrics.jsonl (commit them), Stage I's log to
@@ -34,7 +36,7 @@ for s in $seeds; do
     mgacr=("train.mgacr.layers=[2,3]" train.mgacr.weight_attention=3 train.mgacr.weight_feature=1
            train.mgacr.head=conv1x1 train.keep_attention_heads=true)
     simclr=$out/simclr-seed$s; simlog=simclr_seed$s; pre=()
-    if [[ $arm == *s ]]; then
+    if [[ $arm == stage1s || $arm == fulls* ]]; then
       simclr=$out/simclr-sgd-seed$s; simlog=simclr-sgd_seed$s; pre=(pretrain.optim.lr=0.06 pretrain.optim.weight_decay=5e-4)
     fi
     encoder=$simclr/pretrain/encoder.safetensors
@@ -44,11 +46,12 @@ for s in $seeds; do
       conv1x1) extra=(train.pretrained=false train.loss.kind=ce "${mgacr[@]}") ;;
       focal) extra=(train.pretrained=false train.loss.kind=cb_focal "${mgacr[@]}") ;;
       stage1|stage1r|stage1s) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=ce "${mgacr[@]}") ;;
-      full|fullr|fullr2|fulls) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
-      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full, stage1r, fullr, fullr2, stage1s, fulls)" >&2; exit 2 ;;
+      full|fullr|fullr2|fulls|fullsfit) extra=(train.pretrained=true "train.encoder=$encoder" train.loss.kind=cb_focal "${mgacr[@]}") ;;
+      *) echo "unknown arm $arm (plain, cbam, conv1x1, focal, stage1, full, stage1r, fullr, fullr2, stage1s, fulls, fullsfit)" >&2; exit 2 ;;
     esac
     case $arm in
       stage1|full|stage1s|fulls) extra+=(train.encoder_rescale=false) ;;
+      fullsfit) extra+=(train.encoder_rescale=false train.final_fit=true) ;;
       stage1r|fullr) extra+=(train.encoder_rescale=true) ;;
       fullr2) extra+=(train.encoder_rescale=true train.encoder_stages=2) ;;
     esac

@@ -89,7 +89,9 @@ class OptimConfig:
 class PretrainConfig:
     """Stage I: SimCLR (Chen et al. 2020), paper Sec. IV-B, Eq. 1."""
 
-    optim: OptimConfig = OptimConfig(epochs=20, batch_size=128, lr=0.3, weight_decay=1e-5)
+    # SGD's own SimCLR recipe (lightly's benchmarks: lr 0.06 x batch/128, weight decay 5e-4). SimCLR's 0.3 / 1e-6
+    # are LARS values; with plain SGD they grew the stem's weights ~20x and slowed Stage II (docs/method.md)
+    optim: OptimConfig = OptimConfig(epochs=20, batch_size=128, lr=0.06, weight_decay=5e-4)
     temperature: float = 0.2
     proj_hidden: int = 512
     proj_dim: int = 128
