@@ -16,6 +16,7 @@
 #   fulls    full with that Stage I encoder
 #   fullsfit fulls trained on the training and validation patients together for the same epochs, last epoch kept
 #            (train.final_fit: the recipe for a model to ship; the test part stays unseen)
+#   <arm>12  any arm above trained for 12 epochs instead of 8 (same cosine schedule, stretched): fulls12, fullsfit12
 # Stage I (the preset's SimCLR, run.seed=S) is trained once per seed in $OUT/simclr-seed<S> and shared by the
 # stage1 and full arms. Each finished run's test metrics, test predictions and per-epoch log are copied to
 # results/mgacr-heads/<arm>_seed<S>.{json,npz}, <arm>_seed<S>_metrics.jsonl (commit them), Stage I's log to
@@ -33,6 +34,8 @@ for s in $seeds; do
   for arm in $arms; do
     name=${arm}_seed$s; run=$out/$arm-seed$s
     [ -f "$rec/$name.json" ] && continue
+    longer=()
+    if [[ $arm == *12 ]]; then arm=${arm%12}; longer=(train.optim.epochs=12); fi
     mgacr=("train.mgacr.layers=[2,3]" train.mgacr.weight_attention=3 train.mgacr.weight_feature=1
            train.mgacr.head=conv1x1 train.keep_attention_heads=true)
     simclr=$out/simclr-seed$s; simlog=simclr_seed$s; pre=()
@@ -62,7 +65,7 @@ for s in $seeds; do
     fi
     if [ ! -f "$run/test_metrics.json" ]; then
       "$py" -m deeppneumonia.cli -q train -c siim-cpu "data.path=$data" "run.seed=$s" "run.out_dir=$run" \
-        run.progress=false "${extra[@]}"
+        run.progress=false "${extra[@]}" "${longer[@]}"
     fi
     cp "$run/train/metrics.jsonl" "$rec/${name}_metrics.jsonl"
     cp "$run/test_predictions.npz" "$rec/$name.npz"

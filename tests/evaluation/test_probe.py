@@ -71,3 +71,28 @@ def test_encoders_of_different_splits_are_refused(tmp_path: Path, lesion_data: P
                                                           for k in ("train", "val", "test")}))
     with pytest.raises(ConfigError, match="another split"):
         probe([a, b], lesion_data, tmp_path)
+
+
+def test_the_linear_probe_chooses_its_regularisation_on_the_training_patients() -> None:
+    # five weakly informative features among 50 and 200 training images: C = 1 fits the noise, the
+    # cross-validated probe picks a stronger L2 and scores higher on fresh images
+    from deeppneumonia.evaluation.probe import LINEAR_CS, linear_probe
+
+    rng = np.random.default_rng(0)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=(n, 50))
+        x[:, :5] += 0.5 * (2 * y - 1)[:, None]
+        return x, y
+
+    (x, y), (xt, yt) = draw(200), draw(4000)
+    patients = np.repeat(np.arange(100), 2)  # two images per patient: folds never split one
+    cv = linear_probe(x, y, patients)
+    chosen = cv.best_params_["logisticregression__C"]
+    assert chosen in LINEAR_CS and chosen < 1.0
+    fixed = linear_probe(x, y, patients, c=1.0)
+    assert fixed.named_steps["logisticregression"].C == 1.0
+    assert (cv.predict(xt) == yt).mean() > (fixed.predict(xt) == yt).mean() + 0.02
+    for train, held in cv.cv.split(x, y, patients):
+        assert not set(patients[train]) & set(patients[held])

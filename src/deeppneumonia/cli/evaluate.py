@@ -51,7 +51,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from deeppneumonia.evaluation.probe import probe_encoders
 
     res = probe_encoders(args.encoder, resolve_data_path(str(args.data)), args.source, args.cache_dir, args.device,
-                         on=args.on, n_boot=args.n_boot)
+                         on=args.on, n_boot=args.n_boot, linear_c=args.linear_c)
 
     def diffs(d: dict[str, tuple[float, float, float]]) -> str:
         return ", ".join(f"{k} {m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for k, (m, lo, hi) in d.items())
@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--on", default="val", choices=["val", "test"],
                    help="the run's patients to score on (default: val; the test part is for the final numbers)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of patients for the difference's CI")
+    p.add_argument("--linear-c", type=float, default=None,
+                   help="the linear probe's inverse L2 strength (default: chosen by 5-fold cross-validation over "
+                        "the training patients)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, predictions.csv and an HTML report for a checkpoint")

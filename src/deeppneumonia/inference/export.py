@@ -167,12 +167,12 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, ba
 
 
 def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Binary AUROC (ties counted half, as scikit-learn's); NaN without both classes."""
-    from deeppneumonia.evaluation.scores import binary_auroc_ap
+    """Binary AUROC (scikit-learn's); NaN without both classes."""
+    from sklearn.metrics import roc_auc_score
 
     if positive.all() or not positive.any():
         return float("nan")
-    return binary_auroc_ap(scores, positive)[0]
+    return float(roc_auc_score(positive, scores))
 
 
 def labelled_folder(folder: str | Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
