@@ -77,16 +77,17 @@ def test_method_settings_and_their_defaults() -> None:
 
 
 def test_full_method_preset_is_what_the_five_seed_arm_ran() -> None:
-    # siim-full-cpu documents the `fulls` arm of scripts/mgacr_heads.sh (siim-cpu + these overrides): if either
-    # drifts, the preset no longer computes the recorded numbers
+    # siim-full-cpu documents the `fulls12` arm of scripts/mgacr_heads.sh (siim-cpu + these overrides; `fullsfit12`
+    # adds train.final_fit=true): if either drifts, the preset no longer computes the recorded numbers
     arm = load_config("siim-cpu", [
         "pretrain.optim.lr=0.06", "pretrain.optim.weight_decay=5e-4", "train.pretrained=true",
         "train.loss.kind=cb_focal", "train.mgacr.layers=[2,3]", "train.mgacr.weight_attention=3",
         "train.mgacr.weight_feature=1", "train.mgacr.head=conv1x1", "train.encoder_rescale=false",
-        "run.out_dir=runs/siim-full-cpu"])
+        "train.optim.epochs=12", "run.out_dir=runs/siim-full-cpu"])
     assert load_config("siim-full-cpu") == arm
     script = (Path(__file__).parents[1] / "scripts" / "mgacr_heads.sh").read_text()
     assert "pre=(pretrain.optim.lr=0.06 pretrain.optim.weight_decay=5e-4)" in script
+    assert "longer=(train.optim.epochs=12)" in script
     # the library default for Stage I is the same SGD recipe (lr 0.3 / wd 1e-5 are LARS values)
     default = load_config(None).pretrain.optim
     assert (default.lr, default.weight_decay) == (0.06, 5e-4)
