@@ -79,8 +79,8 @@ def knn_accuracy(train_feats: Tensor, train_labels: Tensor, val_feats: Tensor, v
     return float((knn_predict(train_feats, train_labels, val_feats, c, k, temperature) == val_labels).float().mean())
 
 
-# the linear probe's L2 strengths tried by cross-validation (SimCLR's and CLIP's linear evaluations sweep it too): an
-# unregularised probe on 512 standardised features of ~3,500 images overfits, and its accuracy can fall below kNN's
+# the linear probe's L2 strengths tried by cross-validation (SimCLR's and CLIP's linear evaluations sweep it too): at
+# C = 1 a probe on 512 standardised features of ~3,500 images overfits, and its accuracy can fall below kNN's
 LINEAR_CS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -91,13 +91,12 @@ def linear_probe(train_f: np.ndarray, train_y: np.ndarray, groups: np.ndarray | 
     ``c`` fixes the inverse L2 strength; ``None`` chooses it from :data:`LINEAR_CS` by ``folds``-fold
     cross-validation on the training images, grouped by ``groups`` (patients, so no patient is on both sides of a
     fold), scored by log loss; the scaler is refit inside each fold. The scored split plays no part in the choice.
+    With fewer than two patients there is nothing to cross-validate, and C = 1 is used.
     """
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0 if c is None else c))
-    if c is not None:
-        return pipe.fit(train_f, train_y)
     groups = np.arange(len(train_y)) if groups is None else np.asarray(groups)
     folds = min(folds, len(np.unique(groups)))
-    if folds < 2:
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0 if c is None else c))
+    if c is not None or folds < 2:
         return pipe.fit(train_f, train_y)
     search = GridSearchCV(pipe, {"logisticregression__C": list(LINEAR_CS)}, scoring="neg_log_loss",
                           cv=GroupKFold(folds), refit=True)
